@@ -1,0 +1,206 @@
+"""Command line: ``streamproxy serve``. Parses flags and ``STREAMPROXY_*`` variables, builds settings, runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .config import (
+    DEFAULT_ACCEPT_TYPES,
+    DEFAULT_CHECKSUM,
+    DEFAULT_FILE_FIELD,
+    DEFAULT_HOST,
+    DEFAULT_KEY_TEMPLATE,
+    DEFAULT_MAX_BUFFER_BYTES,
+    DEFAULT_MAX_CONCURRENT_UPLOADS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_PART_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+    DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_S3_MAX_ATTEMPTS,
+    DEFAULT_STORAGE,
+    ConfigError,
+    Settings,
+    StorageURI,
+    parse_duration,
+    parse_size,
+)
+from .log import configure_logging
+
+__all__ = ["main", "settings_from_args"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _env_name(flag: str) -> str:
+    return "STREAMPROXY_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _flag_bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _types(text: str) -> tuple[str, ...]:
+    return tuple(t.strip().lower() for t in text.split(",") if t.strip())
+
+
+class _Options:
+    """Adds flags whose defaults come from ``STREAMPROXY_<FLAG>``, converting both the same way."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        self.converters: dict[str, tuple[str, Callable[[str], Any]]] = {}
+
+    def add(self, flag: str, convert: Callable[[str], Any], default: Any, help: str) -> None:
+        dest = flag.lstrip("-").replace("-", "_")
+        env = _env_name(flag)
+        self.converters[dest] = (flag, convert)
+        if convert is _flag_bool:
+            self.parser.add_argument(
+                flag, dest=dest, action="store_const", const="true", default=None, help=f"{help} (env {env})"
+            )
+        else:
+            self.parser.add_argument(
+                flag, dest=dest, default=None, metavar=dest.upper(), help=f"{help} (default {default}; env {env})"
+            )
+        self.parser.set_defaults(**{f"_default_{dest}": default})
+
+    def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Flag, else environment, else default; each converted, with the source named on error."""
+        values: dict[str, Any] = {}
+        for dest, (flag, convert) in self.converters.items():
+            raw = getattr(args, dest)
+            source = flag
+            if raw is None:
+                raw = os.environ.get(_env_name(flag))
+                source = _env_name(flag)
+            if raw is None:
+                values[dest] = getattr(args, f"_default_{dest}")
+                continue
+            try:
+                values[dest] = convert(raw)
+            except (ConfigError, ValueError) as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+        return values
+
+
+def _storage_options(options: _Options) -> None:
+    options.add(
+        "--storage",
+        StorageURI.parse,
+        StorageURI.parse(DEFAULT_STORAGE),
+        "where recordings go: s3://bucket/prefix/ or file:///directory",
+    )
+    options.add("--s3-endpoint-url", str, None, "S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)")
+    options.add("--s3-region", str, None, "S3 region (default: the AWS configuration)")
+    options.add(
+        "--s3-max-attempts",
+        int,
+        DEFAULT_S3_MAX_ATTEMPTS,
+        "tries per S3 call (retries back off on throttling, 5xx and connection errors)",
+    )
+    options.add("--part-size", parse_size, DEFAULT_PART_SIZE, "bytes per multipart part, at least 5MiB")
+    options.add("--part-concurrency", int, DEFAULT_PART_CONCURRENCY, "parts of one upload sent at once")
+    options.add(
+        "--max-buffer-bytes",
+        parse_size,
+        DEFAULT_MAX_BUFFER_BYTES,
+        "memory all uploads together may hold; reading pauses beyond it",
+    )
+    options.add("--max-upload-bytes", parse_size, DEFAULT_MAX_UPLOAD_BYTES, "largest recording accepted")
+    options.add("--key-template", str, DEFAULT_KEY_TEMPLATE, "object key below the prefix")
+    options.add("--overwrite", _flag_bool, False, "replace an existing object instead of answering 409")
+    options.add("--checksum", str, DEFAULT_CHECKSUM, "part checksum sent to S3: md5, crc32, sha256 or none")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
+    parser = argparse.ArgumentParser(prog="streamproxy", description="Stream call recordings into object storage.")
+    parser.add_argument("--version", action="version", version=f"streamproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the upload server")
+    options = _Options(serve)
+    options.add("--host", str, DEFAULT_HOST, "address to listen on")
+    options.add("--port", int, DEFAULT_PORT, "port to listen on")
+    _storage_options(options)
+    options.add("--read-timeout", parse_duration, DEFAULT_READ_TIMEOUT, "seconds a client may send nothing before 408")
+    options.add("--max-concurrent-uploads", int, DEFAULT_MAX_CONCURRENT_UPLOADS, "uploads in flight before 503")
+    options.add("--file-field", str, DEFAULT_FILE_FIELD, "multipart field that carries the recording")
+    options.add(
+        "--accept-types", _types, ",".join(DEFAULT_ACCEPT_TYPES), "comma-separated recording content types accepted"
+    )
+    options.add("--log-format", str, "auto", "json or console (auto: console on a terminal)")
+    options.add("--log-level", str, "info", "debug, info, warning or error")
+    return parser, {"serve": options}
+
+
+def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
+    """Parse a command line (and the environment) into the command name and its settings."""
+    parser, options = _parser()
+    args = parser.parse_args(argv)
+    values = options[args.command].resolve(args)
+    if isinstance(values.get("accept_types"), str):
+        values["accept_types"] = _types(values["accept_types"])
+    return args.command, Settings(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``streamproxy`` console script."""
+    try:
+        command, settings = settings_from_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"streamproxy: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    if command == "serve":
+        return _serve(settings)
+    return 2
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """Return a uvloop loop where available, else asyncio's.
+
+    uvloop sends part bodies without copying them into a transport buffer (asyncio's selector
+    transport copies every unsent byte on Python 3.11), and it is faster.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from .app import make_app
+
+    log = structlog.get_logger("streamproxy")
+    app = make_app(settings)
+    try:
+        web.run_app(
+            app,
+            loop=new_event_loop(),
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            print=lambda _: log.info(
+                "listening", host=settings.host, port=settings.port, storage=str(settings.storage)
+            ),
+        )
+    except OSError as exc:
+        print(f"streamproxy: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

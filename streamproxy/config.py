@@ -1,0 +1,194 @@
+"""Frozen settings with their defaults as named constants, and one-line validation errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from .keys import KeyTemplate
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_BUFFER_BYTES",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_PART_SIZE",
+    "DEFAULT_PORT",
+    "DEFAULT_STORAGE",
+    "MIB",
+    "ConfigError",
+    "Settings",
+    "StorageURI",
+    "parse_duration",
+    "parse_size",
+]
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_STORAGE = "file://./recordings"
+DEFAULT_PART_SIZE = 8 * MIB
+DEFAULT_PART_CONCURRENCY = 4
+DEFAULT_MAX_BUFFER_BYTES = 256 * MIB
+DEFAULT_MAX_UPLOAD_BYTES = 8 * GIB
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_MAX_CONCURRENT_UPLOADS = 64
+DEFAULT_KEY_TEMPLATE = "{filename}.wav"
+DEFAULT_FILE_FIELD = "recording"
+DEFAULT_CHECKSUM = "md5"
+CHECKSUMS = ("md5", "crc32", "sha256", "none")
+DEFAULT_S3_MAX_ATTEMPTS = 5
+DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
+
+S3_MIN_PART_SIZE = 5 * MIB
+S3_MAX_PART_SIZE = 5 * GIB
+S3_MAX_PARTS = 10_000
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message is one line meant for the operator."""
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``8388608``, ``8M``, ``8MiB`` or ``1g`` (suffixes are powers of 1024) into bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ConfigError(f"{text!r} is not a size (examples: 8388608, 8MiB, 256M, 4GiB)")
+    number, unit = int(match.group(1)), match.group(2).lower()
+    return number * {"": 1, "k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}[unit]
+
+
+def parse_duration(text: str | float) -> float:
+    """Parse ``30``, ``30s``, ``500ms``, ``15m``, ``24h`` or ``7d`` into seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{text!r} is not a duration (examples: 30, 90s, 15m, 24h, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+@dataclass(frozen=True)
+class StorageURI:
+    """A parsed ``--storage`` value: ``s3://bucket/prefix/`` or ``file:///path``."""
+
+    scheme: str
+    bucket: str = ""
+    prefix: str = ""
+    path: Path = field(default_factory=Path)
+
+    @classmethod
+    def parse(cls, uri: str) -> StorageURI:
+        """Parse and check a storage URI; a prefix always ends in ``/``."""
+        parts = urlsplit(uri)
+        if parts.scheme == "s3":
+            bucket = parts.netloc
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+                raise ConfigError(f"{uri!r}: {bucket!r} is not a valid S3 bucket name")
+            prefix = unquote(parts.path).lstrip("/")
+            if prefix and not prefix.endswith("/"):
+                prefix += "/"
+            if any(seg in (".", "..") for seg in prefix.split("/")[:-1]) or "//" in prefix:
+                raise ConfigError(f"{uri!r}: the prefix must not contain empty, '.' or '..' segments")
+            return cls("s3", bucket=bucket, prefix=prefix)
+        if parts.scheme == "file":
+            # file://./recordings (relative, for the quick start) and file:///abs/path both work.
+            raw = unquote(parts.netloc + parts.path)
+            if not raw:
+                raise ConfigError(f"{uri!r}: no directory given")
+            return cls("file", path=Path(raw).expanduser().resolve())
+        raise ConfigError(f"{uri!r}: use s3://bucket/prefix/ or file:///directory")
+
+    def __str__(self) -> str:
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.prefix}"
+        return self.path.as_uri()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``streamproxy serve`` is configured with."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    storage: StorageURI = field(default_factory=lambda: StorageURI.parse(DEFAULT_STORAGE))
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS
+    part_size: int = DEFAULT_PART_SIZE
+    part_concurrency: int = DEFAULT_PART_CONCURRENCY
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    overwrite: bool = False
+    file_field: str = DEFAULT_FILE_FIELD
+    checksum: str = DEFAULT_CHECKSUM
+    accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` with one line naming the first setting that is wrong."""
+        if not 0 < self.port < 65536 and self.port != 0:
+            raise ConfigError(f"--port {self.port}: must be between 1 and 65535")
+        if self.part_size < S3_MIN_PART_SIZE or self.part_size > S3_MAX_PART_SIZE:
+            raise ConfigError(f"--part-size {self.part_size}: S3 needs 5 MiB to 5 GiB per part")
+        if self.part_concurrency < 1:
+            raise ConfigError("--part-concurrency must be at least 1")
+        if self.max_buffer_bytes < self.part_size:
+            raise ConfigError(
+                f"--max-buffer-bytes {self.max_buffer_bytes} must hold at least one part ({self.part_size} bytes)"
+            )
+        if self.max_upload_bytes < 1:
+            raise ConfigError("--max-upload-bytes must be at least 1")
+        if self.storage.scheme == "s3" and self.max_upload_bytes > self.part_size * S3_MAX_PARTS:
+            raise ConfigError(
+                f"--max-upload-bytes {self.max_upload_bytes} needs more than S3's {S3_MAX_PARTS} parts "
+                f"at --part-size {self.part_size}: raise --part-size"
+            )
+        if self.s3_max_attempts < 1:
+            raise ConfigError("--s3-max-attempts must be at least 1")
+        if self.read_timeout <= 0:
+            raise ConfigError("--read-timeout must be positive")
+        if self.max_concurrent_uploads < 1:
+            raise ConfigError("--max-concurrent-uploads must be at least 1")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", self.file_field):
+            raise ConfigError(f"--file-field {self.file_field!r}: use letters, digits, '_', '.', '-'")
+        if self.checksum not in CHECKSUMS:
+            raise ConfigError(f"--checksum {self.checksum!r}: choose one of {', '.join(CHECKSUMS)}")
+        for media in self.accept_types:
+            if not re.fullmatch(r"[a-z0-9.+\-]+/(\*|[a-z0-9.+\-]+)", media):
+                raise ConfigError(f"--accept-types {media!r}: write a media type like audio/* or audio/wav")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError(f"--log-format {self.log_format!r}: choose json or console")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"--log-level {self.log_level!r}: choose debug, info, warning or error")
+        try:
+            KeyTemplate(self.key_template)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
+            raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint: the flag, else the AWS convention ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
+        return (
+            self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        )

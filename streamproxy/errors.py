@@ -1,0 +1,151 @@
+"""The error tree: every failure streamproxy reports carries a stable code and an HTTP status.
+
+::
+
+    StreamproxyError                 code, status, message
+    ├── ClientFault                  4xx: the request is at fault; retrying it unchanged will fail again
+    │   ├── BadRequest               400  missing_field, empty_recording, malformed_body,
+    │   │                                 invalid_filename, invalid_key, duplicate_field, ...
+    │   ├── Unauthorized             401  unauthorized
+    │   ├── Forbidden                403  forbidden
+    │   ├── RequestTimeout           408  client_timeout
+    │   ├── KeyExists                409  exists
+    │   ├── PayloadTooLarge          413  too_large
+    │   └── UnsupportedMediaType     415  unsupported_media_type
+    ├── Unavailable                  503  busy, draining (with Retry-After)
+    └── StorageError                 5xx: storage failed; the recording was NOT stored
+        ├── StorageFailed            502  storage_failed
+        ├── StorageUnavailable       503  storage_unavailable
+        └── StorageTimeout           504  storage_timeout
+
+Sinks raise ``KeyExists`` and ``StorageError`` subclasses only, so the HTTP layer never sees a
+botocore or OS exception. This module imports nothing from aiohttp or botocore.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ClientFault",
+    "Forbidden",
+    "KeyExists",
+    "PayloadTooLarge",
+    "RequestTimeout",
+    "StorageError",
+    "StorageFailed",
+    "StorageTimeout",
+    "StorageUnavailable",
+    "StreamproxyError",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+]
+
+
+class StreamproxyError(Exception):
+    """Base of every error streamproxy reports to a client."""
+
+    status: int = 500
+    default_code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def to_json(self) -> dict[str, str]:
+        """Return the failure body the HTTP contract promises."""
+        return {"status": "failure", "error": self.code, "message": self.message}
+
+
+class ClientFault(StreamproxyError):
+    """The request is at fault (4xx)."""
+
+    status = 400
+    default_code = "bad_request"
+
+
+class BadRequest(ClientFault):
+    """Malformed or unacceptable input (400)."""
+
+
+class Unauthorized(ClientFault):
+    """No valid credentials were presented (401)."""
+
+    status = 401
+    default_code = "unauthorized"
+
+
+class Forbidden(ClientFault):
+    """The client may not use this endpoint (403)."""
+
+    status = 403
+    default_code = "forbidden"
+
+
+class RequestTimeout(ClientFault):
+    """The client stopped sending for too long (408)."""
+
+    status = 408
+    default_code = "client_timeout"
+
+
+class KeyExists(ClientFault):
+    """The target key already exists and overwriting is off (409)."""
+
+    status = 409
+    default_code = "exists"
+
+
+class PayloadTooLarge(ClientFault):
+    """The recording is larger than the configured limit (413)."""
+
+    status = 413
+    default_code = "too_large"
+
+
+class UnsupportedMediaType(ClientFault):
+    """The request or recording has a content type we do not accept (415)."""
+
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class Unavailable(StreamproxyError):
+    """The server cannot take the upload right now; the client should retry later (503)."""
+
+    status = 503
+    default_code = "busy"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class StorageError(StreamproxyError):
+    """Storage failed; nothing was stored (5xx)."""
+
+    status = 502
+    default_code = "storage_failed"
+
+    def __init__(self, message: str, *, code: str | None = None, storage_code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.storage_code = storage_code
+
+
+class StorageFailed(StorageError):
+    """Storage answered with an error (502)."""
+
+
+class StorageUnavailable(StorageError):
+    """Storage could not be reached or is throttling us (503)."""
+
+    status = 503
+    default_code = "storage_unavailable"
+
+
+class StorageTimeout(StorageError):
+    """Storage did not answer in time (504)."""
+
+    status = 504
+    default_code = "storage_timeout"

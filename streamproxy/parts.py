@@ -1,0 +1,91 @@
+"""Fixed-size part buffers and the process-wide byte budget.
+
+Every byte streamproxy holds on behalf of an upload sits in a ``PartBuffer`` taken from one
+``BufferPool``. The pool owns ``max_bytes // part_size`` buffers; when all are taken,
+``acquire()`` waits, the upload stops reading from its socket, and TCP backpressure slows the
+client. Nothing else allocates per-upload memory that grows with the recording.
+
+Why the budget cannot deadlock: a buffer is always taken *whole*, before any byte is read into
+it. An upload holding a buffer therefore never needs a second one to make that buffer useful:
+it fills it from its own client (bounded by the read timeout) and hands it to storage, which
+returns it when the part is stored or the upload is aborted. Neither step waits on the pool.
+The ingest side ships a full buffer only when the next byte arrives (so every part reaches
+the writer marked last or not), and writers never keep a non-last part waiting for more: a
+writer that held part 1 "until part 2 shows whether a single PUT will do" would hold a buffer
+while needing another, and a handful of such uploads would exhaust the pool for good.
+So every taken buffer comes back in bounded time, and waiters are served first-come
+first-served. The trap this avoids is reserving budget in small increments, where many uploads
+can each hold half a part and all wait for the other half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["BufferPool", "PartBuffer"]
+
+
+class PartBuffer:
+    """One part's bytes, reference-counted so the hasher and the writer can share it."""
+
+    __slots__ = ("_pool", "_refs", "data", "length")
+
+    def __init__(self, pool: BufferPool, data: bytearray) -> None:
+        self._pool = pool
+        self._refs = 1
+        self.data = data
+        self.length = 0
+
+    @property
+    def view(self) -> memoryview:
+        """The filled bytes, without copying."""
+        return memoryview(self.data)[: self.length]
+
+    def retain(self) -> PartBuffer:
+        """Add a reference; each holder calls ``release()`` once."""
+        self._refs += 1
+        return self
+
+    def release(self) -> None:
+        """Drop a reference; the last one returns the buffer to the pool. Call from the event loop."""
+        self._refs -= 1
+        if self._refs == 0:
+            self._pool._give_back(self)
+
+
+class BufferPool:
+    """The process-wide budget of part buffers (see the module docstring for why it cannot deadlock)."""
+
+    def __init__(self, part_size: int, max_bytes: int) -> None:
+        if part_size <= 0 or max_bytes < part_size:
+            raise ValueError("the buffer budget must hold at least one part")
+        self.part_size = part_size
+        self.capacity = max_bytes // part_size
+        self._slots = asyncio.Semaphore(self.capacity)
+        self._free: list[bytearray] = []
+        self._taken = 0
+
+    @property
+    def bytes_in_use(self) -> int:
+        """Bytes held by uploads right now."""
+        return self._taken * self.part_size
+
+    @property
+    def bytes_allocated(self) -> int:
+        """Bytes of buffers allocated so far (in use or idle); never above the budget."""
+        return (self._taken + len(self._free)) * self.part_size
+
+    async def acquire(self) -> PartBuffer:
+        """Take one empty buffer, waiting while the budget is spent."""
+        await self._slots.acquire()
+        self._taken += 1
+        # Reusing buffers keeps RSS flat: 8 MiB allocations would otherwise go back and forth
+        # between glibc's heap and mmap and fragment it.
+        data = self._free.pop() if self._free else bytearray(self.part_size)
+        return PartBuffer(self, data)
+
+    def _give_back(self, part: PartBuffer) -> None:
+        self._taken -= 1
+        self._free.append(part.data)
+        part.data = bytearray()
+        self._slots.release()

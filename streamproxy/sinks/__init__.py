@@ -1,0 +1,108 @@
+"""Storage sinks: where recordings go, behind one small interface.
+
+A ``Sink`` opens a ``Writer`` per upload. The writer receives whole part buffers in order and
+takes ownership of each (it calls ``release()`` once it no longer needs the bytes, whether the
+part was stored or not). Every writer ends in exactly one of:
+
+* ``complete()``: the object now exists whole under its key, or an exception says it does not;
+* ``abort()``: nothing of the upload remains. Idempotent, safe after any partial failure, and
+  also what ``complete()`` does itself before it raises.
+
+A writer opened with ``key=None`` does not know its name yet (the multipart form sent the file
+before the ``filename`` field); it stages the bytes and ``complete(key=...)`` moves them.
+
+Implementations: ``S3Sink`` (sinks.s3), ``FileSink`` (sinks.fs), ``MemorySink`` (sinks.memory).
+Sinks raise only ``streamproxy.errors`` exceptions and never import aiohttp's web layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import Settings
+from ..parts import PartBuffer
+
+__all__ = ["Sink", "Stored", "SweepItem", "Writer", "build_sink"]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a completed upload left in storage."""
+
+    key: str
+    url: str
+    bucket: str | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    parts: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepItem:
+    """A leftover of an interrupted upload (incomplete multipart upload, staging object, temp file)."""
+
+    kind: str
+    key: str
+    age_seconds: float
+
+
+class Writer(Protocol):
+    """One upload in progress; see the package docstring for the ownership and ending rules."""
+
+    async def write(self, part: PartBuffer, *, last: bool = False) -> None:
+        """Take ownership of one filled part; parts arrive in order, all but the last full-size.
+
+        ``last`` tells that no part follows. A writer must not hold a part that is not the last
+        while it waits for more (see ``streamproxy.parts`` on why the budget cannot deadlock).
+        """
+
+    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
+        """Make the object appear whole, or abort and raise."""
+
+    async def abort(self) -> None:
+        """Remove every trace of this upload. Idempotent."""
+
+
+class Sink(Protocol):
+    """A storage destination."""
+
+    description: str
+
+    async def start(self) -> None:
+        """Acquire long-lived resources (the S3 client and its connection pool)."""
+
+    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> Writer:
+        """Start an upload to ``key`` (``None``: the name comes at ``complete``)."""
+
+    async def close(self) -> None:
+        """Release connections and other resources."""
+
+
+def build_sink(settings: Settings) -> Sink:
+    """Build the sink that ``settings.storage`` names (not started yet)."""
+    storage = settings.storage
+    if storage.scheme == "s3":
+        from .s3 import S3Options, S3Sink
+
+        capacity = settings.max_buffer_bytes // settings.part_size
+        return S3Sink(
+            S3Options(
+                bucket=storage.bucket,
+                prefix=storage.prefix,
+                endpoint_url=settings.endpoint_url,
+                region=settings.s3_region,
+                part_size=settings.part_size,
+                part_concurrency=settings.part_concurrency,
+                overwrite=settings.overwrite,
+                checksum=settings.checksum,
+                max_attempts=settings.s3_max_attempts,
+                # every buffer in the budget may be on the wire at once, plus room for control calls
+                max_pool_connections=capacity + 8,
+            )
+        )
+    from .fs import FileSink
+
+    return FileSink(storage.path, overwrite=settings.overwrite)

@@ -1,0 +1,190 @@
+"""Filesystem sink: a temporary name beside the target, fsync, then an exclusive link into place.
+
+No partial file is ever visible under a final name: bytes go to ``.streamproxy-<id>.tmp`` in the
+target's directory, are fsynced, and only then linked to the final name (``link(2)`` fails if the
+name exists, which is the exclusive create; ``--overwrite`` uses ``rename(2)`` instead). Abort
+unlinks the temporary file. Object metadata is kept as ``user.*`` extended attributes where the
+filesystem supports them (best effort: a filesystem without xattrs still stores the recording).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..errors import BadRequest, KeyExists, StorageError, StorageFailed
+from ..parts import PartBuffer
+from . import Stored, SweepItem
+
+__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "FileSink", "FileWriter"]
+
+TEMP_PREFIX = ".streamproxy-"
+TEMP_SUFFIX = ".tmp"
+_FILE_MODE = 0o640  # recordings are personal data: not world-readable
+
+
+def _storage_error(action: str, exc: OSError) -> StorageError:
+    return StorageFailed(f"could not {action}: {exc.strerror or exc}", storage_code=errno.errorcode.get(exc.errno or 0))
+
+
+class FileSink:
+    """Store recordings as files under ``root``."""
+
+    def __init__(self, root: Path, *, overwrite: bool = False) -> None:
+        self.root = root
+        self.overwrite = overwrite
+        self.description = root.as_uri()
+
+    async def start(self) -> None:
+        """Create the root directory if needed and check that it is writable."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error(f"create {self.root}", exc) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageFailed(f"{self.root} is not writable")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def path_for(self, key: str) -> Path:
+        """Map a key to a path, refusing any key that would leave the root."""
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise BadRequest(f"the key {key!r} would leave the storage directory", code="invalid_key")
+        return path
+
+    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> FileWriter:
+        """Create the temporary file next to where the recording will land."""
+        directory = self.path_for(key).parent if key is not None else self.root
+        temp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+
+        def create() -> int:
+            directory.mkdir(parents=True, exist_ok=True)
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+
+        try:
+            fd = await asyncio.to_thread(create)
+        except OSError as exc:
+            raise _storage_error(f"create a file in {directory}", exc) from None
+        return FileWriter(self, key, temp, fd, {"mime_type": content_type, **metadata})
+
+    async def sweep(self, older_than: float, *, dry_run: bool) -> list[SweepItem]:
+        """Remove temporary files older than ``older_than`` seconds left by crashed uploads."""
+        now = time.time()
+        found: list[SweepItem] = []
+        for path in self.root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age < older_than:
+                continue
+            found.append(SweepItem("temp_file", str(path.relative_to(self.root)), age))
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        return found
+
+
+class FileWriter:
+    """Writes parts to the temporary file, one write in flight while the next part fills."""
+
+    def __init__(self, sink: FileSink, key: str | None, temp: Path, fd: int, metadata: Mapping[str, str]) -> None:
+        self._sink = sink
+        self._key = key
+        self._temp = temp
+        self._fd: int | None = fd
+        self._metadata = dict(metadata)
+        self._pending: asyncio.Task[None] | None = None
+        self._parts = 0
+
+    async def write(self, part: PartBuffer, *, last: bool = False) -> None:
+        """Queue the part for writing; waits for the previous write so at most one is in flight."""
+        try:
+            await self._wait_pending()
+        except BaseException:
+            part.release()
+            raise
+        self._parts += 1
+        self._pending = asyncio.ensure_future(self._write(part))
+
+    async def _write(self, part: PartBuffer) -> None:
+        try:
+            await asyncio.to_thread(self._write_all, part.view)
+        finally:
+            part.release()
+
+    def _write_all(self, view: memoryview) -> None:
+        assert self._fd is not None
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    async def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                await pending
+            except OSError as exc:
+                raise _storage_error("write the recording", exc) from None
+
+    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
+        """Flush, fsync and link the file into place; abort and raise on any failure."""
+        key = key or self._key
+        try:
+            if key is None:
+                raise BadRequest("no key for the upload", code="missing_field")
+            target = self._sink.path_for(key)
+            await self._wait_pending()
+            await asyncio.to_thread(self._finish, target, {**self._metadata, **(metadata or {})})
+        except BaseException:
+            await self.abort()
+            raise
+        return Stored(key=key, url=target.as_uri(), parts=self._parts)
+
+    def _finish(self, target: Path, metadata: Mapping[str, str]) -> None:
+        assert self._fd is not None
+        for name, value in metadata.items():
+            try:
+                os.setxattr(self._fd, f"user.{name}", value.encode("utf-8"))
+            except OSError:
+                break  # no xattr support here: the recording matters, its metadata is a bonus
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self._sink.overwrite:
+                os.replace(self._temp, target)
+            else:
+                os.link(self._temp, target)
+                os.unlink(self._temp)
+            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except FileExistsError:
+            raise KeyExists(f"{target.name!r} already exists") from None
+        except OSError as exc:
+            raise _storage_error("store the recording", exc) from None
+
+    async def abort(self) -> None:
+        """Stop any write, close and unlink the temporary file. Idempotent."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # Let the thread finish with the buffer before it goes back to the pool.
+            await asyncio.gather(pending, return_exceptions=True)
+        fd, self._fd = self._fd, None
+
+        def remove() -> None:
+            if fd is not None:
+                os.close(fd)
+            self._temp.unlink(missing_ok=True)
+
+        await asyncio.shield(asyncio.to_thread(remove))

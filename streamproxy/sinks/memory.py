@@ -1,0 +1,84 @@
+"""An in-memory sink for tests and trials: objects live in a dict until the process ends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..errors import BadRequest, KeyExists
+from ..parts import PartBuffer
+from . import Stored
+
+__all__ = ["MemoryObject", "MemorySink", "MemoryWriter"]
+
+
+@dataclass
+class MemoryObject:
+    """One stored object."""
+
+    data: bytes
+    content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class MemorySink:
+    """Keep objects in ``self.objects``; exclusive creation unless ``overwrite``."""
+
+    description = "memory://"
+
+    def __init__(self, *, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self.objects: dict[str, MemoryObject] = {}
+        self.aborted = 0
+
+    async def start(self) -> None:
+        """Nothing to acquire."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> MemoryWriter:
+        """Start an upload."""
+        return MemoryWriter(self, key, content_type, dict(metadata))
+
+
+class MemoryWriter:
+    """Collects parts; the object appears in the sink only on ``complete``."""
+
+    def __init__(self, sink: MemorySink, key: str | None, content_type: str, metadata: dict[str, str]) -> None:
+        self._sink = sink
+        self._key = key
+        self._content_type = content_type
+        self._metadata = metadata
+        self._chunks: list[bytes] = []
+        self._done = False
+
+    async def write(self, part: PartBuffer, *, last: bool = False) -> None:
+        """Copy the part and release it."""
+        try:
+            self._chunks.append(bytes(part.view))
+        finally:
+            part.release()
+
+    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
+        """Store the object under its key, refusing to replace one unless overwriting."""
+        key = key or self._key
+        if key is None:
+            await self.abort()
+            raise BadRequest("no key for the upload", code="missing_field")
+        if key in self._sink.objects and not self._sink.overwrite:
+            await self.abort()
+            raise KeyExists(f"{key!r} already exists")
+        self._sink.objects[key] = MemoryObject(
+            b"".join(self._chunks), self._content_type, {**self._metadata, **(metadata or {})}
+        )
+        self._chunks = []
+        self._done = True
+        return Stored(key=key, url=f"memory:///{key}", parts=1)
+
+    async def abort(self) -> None:
+        """Forget the bytes."""
+        if not self._done:
+            self._done = True
+            self._chunks = []
+            self._sink.aborted += 1

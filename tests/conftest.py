@@ -1,0 +1,119 @@
+"""Shared fixtures: no real AWS, one moto server on loopback, apps wired to S3, files or memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from moto.server import ThreadedMotoServer
+
+from streamproxy.app import make_app
+from streamproxy.config import MIB, Settings, StorageURI
+from streamproxy.sinks import Sink
+
+PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
+
+
+@pytest.fixture(autouse=True)
+def no_real_aws(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Strip every AWS_* and STREAMPROXY_* variable so no test can reach a real account or leak config."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "STREAMPROXY_")):
+            monkeypatch.delenv(name)
+    empty = tmp_path_factory.getbasetemp() / "no-aws-config"
+    empty.touch()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe 169.254.169.254
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto S3 server on a free loopback port for the whole session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, no_real_aws: None) -> Any:
+    """A plain boto3 client for arranging and asserting on bucket contents."""
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    """A fresh bucket per test (moto's state is process-global)."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating bytes (so a misplaced part changes the hash)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 512
+        counter += 1
+    return bytes(out[:size])
+
+
+def objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket with its bytes."""
+    listing = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing}
+
+
+def incomplete_uploads(s3: Any, bucket: str) -> list[str]:
+    """Keys of multipart uploads that were neither completed nor aborted."""
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def s3_settings(moto_endpoint: str, bucket: str, prefix: str = "rec/", **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        storage=StorageURI.parse(f"s3://{bucket}/{prefix}"),
+        s3_endpoint_url=moto_endpoint,
+        part_size=PART,
+        max_buffer_bytes=8 * PART,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def fs_settings(root: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(storage=StorageURI.parse(root.as_uri()), part_size=PART, max_buffer_bytes=8 * PART)
+    values.update(overrides)
+    return Settings(**values)
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def client_for(
+    aiohttp_client: Callable[..., Any],
+) -> AsyncIterator[Callable[[Settings, Sink | None], Any]]:
+    """Start streamproxy with the given settings (and optional sink) and return a test client."""
+
+    async def start(settings: Settings, sink: Sink | None = None) -> TestClient[web.Request, web.Application]:
+        return await aiohttp_client(make_app(settings, sink))
+
+    yield start
