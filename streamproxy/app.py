@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from .config import Settings
 from .handlers import (
@@ -18,6 +19,8 @@ from .handlers import (
     put_recording,
 )
 from .ingest import Ingest
+from .lifecycle import READINESS, Readiness, readyz
+from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
 from .parts import BufferPool
 from .sinks import Sink, build_sink
 
@@ -27,16 +30,32 @@ SINK = web.AppKey("sink", Sink)
 POOL = web.AppKey("pool", BufferPool)
 
 
-def make_app(settings: Settings, sink: Sink | None = None) -> web.Application:
-    """Build the application; ``sink`` defaults to the one ``settings.storage`` names."""
+def make_app(
+    settings: Settings, sink: Sink | None = None, *, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """Build the application; ``sink`` defaults to the one ``settings.storage`` names.
+
+    Metrics go to ``registry`` (a fresh one by default, never prometheus-client's global registry).
+    """
     sink = sink if sink is not None else build_sink(settings)
     app = web.Application(middlewares=[error_middleware])
     pool = BufferPool(settings.part_size, settings.max_buffer_bytes)
+    admission = Admission(settings.max_concurrent_uploads)
+    metrics = Metrics(registry if registry is not None else CollectorRegistry(auto_describe=True))
+    metrics.track(
+        in_flight=lambda: admission.in_flight,
+        buffer_in_use=lambda: pool.bytes_in_use,
+        buffer_capacity=pool.capacity * pool.part_size,
+    )
+    if hasattr(sink, "observe"):  # the S3 sink reports every call it makes
+        sink.observe = metrics.observe_s3
     app[SINK] = sink
     app[POOL] = pool
-    app[ADMISSION] = Admission(settings.max_concurrent_uploads)
+    app[ADMISSION] = admission
+    app[METRICS] = metrics
+    app[READINESS] = Readiness(sink, admission, metrics)
     app[INGEST] = Ingest(
-        sink,
+        InstrumentedSink(sink, metrics),
         pool,
         prefix=settings.storage.prefix,
         key_template=settings.key_template,
@@ -55,4 +74,6 @@ def make_app(settings: Settings, sink: Sink | None = None) -> web.Application:
     app.router.add_post("/recordings", post_recording, expect_handler=expect_handler)
     app.router.add_put("/recordings/{filename}", put_recording, expect_handler=expect_handler)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -1,4 +1,4 @@
-"""Command line: ``streamproxy serve``. Parses flags and ``STREAMPROXY_*`` variables, builds settings, runs."""
+"""Command line: ``streamproxy serve|check|sweep``: flags and ``STREAMPROXY_*`` variables into settings, then run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import structlog
 
 from . import __version__
 from .config import (
@@ -26,6 +24,7 @@ from .config import (
     DEFAULT_PORT,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_S3_MAX_ATTEMPTS,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STORAGE,
     ConfigError,
     Settings,
@@ -33,6 +32,7 @@ from .config import (
     parse_duration,
     parse_size,
 )
+from .errors import StorageError
 from .log import configure_logging
 
 __all__ = ["main", "settings_from_args"]
@@ -141,9 +141,34 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
     options.add(
         "--accept-types", _types, ",".join(DEFAULT_ACCEPT_TYPES), "comma-separated recording content types accepted"
     )
+    options.add(
+        "--shutdown-timeout",
+        parse_duration,
+        DEFAULT_SHUTDOWN_TIMEOUT,
+        "on SIGTERM/SIGINT, seconds uploads in flight may take to finish before they are aborted",
+    )
+    _log_options(options)
+
+    check = commands.add_parser("check", help="check configuration, credentials and storage, then exit")
+    check_options = _Options(check)
+    _storage_options(check_options)
+    check_options.add("--write-probe", _flag_bool, False, "also put and delete a probe object (and multipart upload)")
+    _log_options(check_options)
+
+    sweep = commands.add_parser("sweep", help="remove leftovers of interrupted uploads, then exit")
+    sweep_options = _Options(sweep)
+    _storage_options(sweep_options)
+    sweep_options.add(
+        "--older-than", parse_duration, None, "remove only leftovers older than this (90s, 15m, 24h, 7d); required"
+    )
+    sweep_options.add("--dry-run", _flag_bool, False, "list what would be removed, remove nothing")
+    _log_options(sweep_options)
+    return parser, {"serve": options, "check": check_options, "sweep": sweep_options}
+
+
+def _log_options(options: _Options) -> None:
     options.add("--log-format", str, "auto", "json or console (auto: console on a terminal)")
     options.add("--log-level", str, "info", "debug, info, warning or error")
-    return parser, {"serve": options}
 
 
 def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
@@ -153,6 +178,8 @@ def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
     values = options[args.command].resolve(args)
     if isinstance(values.get("accept_types"), str):
         values["accept_types"] = _types(values["accept_types"])
+    if args.command == "sweep" and values.get("older_than") is None:
+        raise ConfigError("sweep needs --older-than DURATION (for example 24h): leftovers younger than it may be live")
     return args.command, Settings(**values)
 
 
@@ -166,6 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if command == "serve":
         return _serve(settings)
+    if command == "check":
+        from .check import run_check
+
+        return asyncio.run(run_check(settings))
+    if command == "sweep":
+        from .sweep import run_sweep
+
+        return asyncio.run(run_sweep(settings))
     return 2
 
 
@@ -183,24 +218,22 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from .app import make_app
+    from .lifecycle import serve
 
-    log = structlog.get_logger("streamproxy")
     app = make_app(settings)
+    loop = new_event_loop()
     try:
-        web.run_app(
-            app,
-            loop=new_event_loop(),
-            host=settings.host,
-            port=settings.port,
-            access_log=None,
-            print=lambda _: log.info(
-                "listening", host=settings.host, port=settings.port, storage=str(settings.storage)
-            ),
+        loop.run_until_complete(
+            serve(app, host=settings.host, port=settings.port, shutdown_timeout=settings.shutdown_timeout)
         )
     except OSError as exc:
         print(f"streamproxy: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    except StorageError as exc:
+        print(f"streamproxy: error: storage {settings.storage}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     return 0

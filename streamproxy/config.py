@@ -44,6 +44,7 @@ DEFAULT_CHECKSUM = "md5"
 CHECKSUMS = ("md5", "crc32", "sha256", "none")
 DEFAULT_S3_MAX_ATTEMPTS = 5
 DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
 S3_MIN_PART_SIZE = 5 * MIB
 S3_MAX_PART_SIZE = 5 * GIB
@@ -139,6 +140,10 @@ class Settings:
     accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
     log_format: str = "auto"
     log_level: str = "info"
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    write_probe: bool = False
+    older_than: float | None = None
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -179,6 +184,10 @@ class Settings:
             raise ConfigError(f"--log-format {self.log_format!r}: choose json or console")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"--log-level {self.log_level!r}: choose debug, info, warning or error")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("--shutdown-timeout must not be negative")
+        if self.older_than is not None and self.older_than < 0:
+            raise ConfigError("--older-than must not be negative")
         try:
             KeyTemplate(self.key_template)
         except ValueError as exc:

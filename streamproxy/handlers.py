@@ -5,9 +5,11 @@ This module never imports boto: storage errors arrive as ``streamproxy.errors`` 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -15,6 +17,7 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
+from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
 
 __all__ = ["Admission", "error_middleware", "expect_handler", "health", "post_recording", "put_recording"]
 
@@ -26,12 +29,19 @@ INGEST = web.AppKey("ingest", Ingest)
 
 
 class Admission:
-    """Counts uploads in flight and refuses new ones beyond the limit (503 with Retry-After)."""
+    """Counts uploads in flight and refuses new ones beyond the limit (503 with Retry-After).
+
+    It also drives the drain at shutdown: ``draining`` refuses new uploads, ``wait_idle`` lets
+    those in flight finish, and ``stop_remaining`` cancels the rest; the ingest path aborts their
+    writers (shielded) before the cancellation leaves it, and ``_run`` answers them 503 ``shutdown``.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight = 0
         self.draining = False
+        self._tasks: dict[asyncio.Task[Any], UploadStats | None] = {}
+        self._stopped: set[asyncio.Task[Any]] = set()
 
     def check(self) -> None:
         """Raise 503 if a new upload would not be admitted now."""
@@ -43,10 +53,47 @@ class Admission:
     def __enter__(self) -> Admission:
         self.check()
         self.in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[task] = CURRENT_UPLOAD.get()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.in_flight -= 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.pop(task, None)
+
+    async def wait_idle(self, seconds: float, interrupt: asyncio.Event | None = None) -> bool:
+        """Wait until no upload is in flight (True), or for at most ``seconds`` or until ``interrupt`` (False)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while self.in_flight:
+            if asyncio.get_running_loop().time() >= deadline or (interrupt is not None and interrupt.is_set()):
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def stop_remaining(self) -> int:
+        """Cancel every upload still receiving bytes; return how many.
+
+        An upload whose bytes have all arrived and that is completing in storage is left to finish:
+        cancelling it could abort an object the store has just made whole, and answer failure for it.
+        """
+        stopped = 0
+        for task, stats in self._tasks.items():
+            if stats is not None and stats.completing:
+                continue
+            self._stopped.add(task)
+            task.cancel()
+            stopped += 1
+        return stopped
+
+    def stopped_by_shutdown(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` was cancelled by ``stop_remaining`` (and forget it)."""
+        if task in self._stopped:
+            self._stopped.discard(task)
+            return True
+        return False
 
 
 ADMISSION = web.AppKey("admission", Admission)
@@ -88,6 +135,40 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+def _report(
+    request: web.Request,
+    *,
+    outcome: str,
+    error: StreamproxyError | None,
+    started: float,
+    stats: UploadStats,
+    upload: Upload | None = None,
+    cancelled: str = "",
+) -> None:
+    """Write the one log line of an upload request and count it."""
+    elapsed = time.monotonic() - started
+    size = upload.received.size if upload else stats.bytes
+    code = error.code if error else cancelled
+    log.info(
+        "upload",
+        outcome=outcome,
+        client=request.remote,
+        method=request.method,
+        key=upload.stored.key if upload else None,
+        bytes=size,
+        parts=upload.stored.parts if upload else stats.parts,
+        retries=stats.retries,
+        duration_s=round(elapsed, 3),
+        mib_per_s=round(size / elapsed / 2**20, 2) if size and elapsed > 0 else None,
+        error=code or None,
+        storage_code=getattr(error, "storage_code", None),
+        message=error.message if error else None,
+    )
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.record_upload(outcome, code, elapsed, size if upload else None)
+
+
 def _precheck(request: web.Request) -> None:
     """Refuse what the headers alone decide, before a byte of the body is read."""
     request.app[ADMISSION].check()
@@ -105,6 +186,7 @@ async def expect_handler(request: web.Request) -> web.Response | None:
     try:
         _precheck(request)
     except StreamproxyError as exc:
+        _report(request, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())
         return _json_error(exc)
     await _default_expect_handler(request)
     return None
@@ -154,34 +236,39 @@ async def _raw(request: web.Request, ingest: Ingest, filename: str) -> Upload:
 
 
 async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> web.Response:
-    _precheck(request)
     started = time.monotonic()
+    stats = UploadStats()
+    token = CURRENT_UPLOAD.set(stats)
     outcome = "failure"
+    cancelled = ""
     upload: Upload | None = None
     error: StreamproxyError | None = None
+    admission = request.app[ADMISSION]
     try:
-        with request.app[ADMISSION]:
+        _precheck(request)
+        with admission:
             upload = await work()
         outcome = "success"
     except StreamproxyError as exc:
         error = exc
         raise
-    finally:
-        elapsed = time.monotonic() - started
-        size = upload.received.size if upload else None
-        log.info(
-            "upload",
-            outcome=outcome,
-            client=request.remote,
-            method=request.method,
-            key=upload.stored.key if upload else None,
-            bytes=size,
-            parts=upload.stored.parts if upload else None,
-            duration_s=round(elapsed, 3),
-            mib_per_s=round(size / elapsed / 2**20, 1) if size and elapsed > 0 else None,
-            error=error.code if error else None,
-            message=error.message if error else None,
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or not admission.stopped_by_shutdown(task):
+            outcome, cancelled = "cancelled", "cancelled"
+            raise
+        # The drain deadline cancelled this upload; its writer is aborted. Tell the client to retry.
+        task.uncancel()
+        error = Unavailable(
+            "the server shut down before the upload finished; nothing was stored", code="shutdown", retry_after=5
         )
+        raise error from None
+    except ConnectionError:
+        outcome, cancelled = "cancelled", "client_disconnected"
+        raise
+    finally:
+        CURRENT_UPLOAD.reset(token)
+        _report(request, outcome=outcome, error=error, started=started, stats=stats, upload=upload, cancelled=cancelled)
     body: dict[str, object] = {
         "status": "success",
         "url": upload.stored.url,

@@ -47,6 +47,7 @@ class SweepItem:
     kind: str
     key: str
     age_seconds: float
+    error: str | None = None
 
 
 class Writer(Protocol):
@@ -79,6 +80,12 @@ class Sink(Protocol):
 
     async def close(self) -> None:
         """Release connections and other resources."""
+
+    async def probe(self) -> None:
+        """Check cheaply that storage is reachable and usable; raise a ``StorageError`` if not."""
+
+    async def sweep(self, older_than: float, *, dry_run: bool, now: float | None = None) -> list[SweepItem]:
+        """Remove leftovers of interrupted uploads older than ``older_than`` seconds (``now``: a Unix time)."""
 
 
 def build_sink(settings: Settings) -> Sink:

@@ -74,10 +74,25 @@ class FileSink:
             raise _storage_error(f"create a file in {directory}", exc) from None
         return FileWriter(self, key, temp, fd, {"mime_type": content_type, **metadata})
 
-    async def sweep(self, older_than: float, *, dry_run: bool) -> list[SweepItem]:
+    async def probe(self) -> None:
+        """Check that the root directory exists and is writable (a stat and an access check, no write)."""
+
+        def check() -> None:
+            if not self.root.is_dir():
+                raise StorageFailed(f"{self.root} is not a directory", storage_code="ENOTDIR")
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise StorageFailed(f"{self.root} is not writable", storage_code="EACCES")
+
+        await asyncio.to_thread(check)
+
+    async def sweep(self, older_than: float, *, dry_run: bool, now: float | None = None) -> list[SweepItem]:
         """Remove temporary files older than ``older_than`` seconds left by crashed uploads."""
-        now = time.time()
+        return await asyncio.to_thread(self._sweep, older_than, dry_run, time.time() if now is None else now)
+
+    def _sweep(self, older_than: float, dry_run: bool, now: float) -> list[SweepItem]:
         found: list[SweepItem] = []
+        if not self.root.is_dir():
+            return found
         for path in self.root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
             try:
                 age = now - path.stat().st_mtime
@@ -85,9 +100,13 @@ class FileSink:
                 continue
             if age < older_than:
                 continue
-            found.append(SweepItem("temp_file", str(path.relative_to(self.root)), age))
+            error = None
             if not dry_run:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    error = f"could not delete: {exc.strerror or exc}"
+            found.append(SweepItem("temp_file", str(path.relative_to(self.root)), age, error))
         return found
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import BadRequest, KeyExists
+from ..errors import BadRequest, KeyExists, StorageUnavailable
 from ..parts import PartBuffer
-from . import Stored
+from . import Stored, SweepItem
 
 __all__ = ["MemoryObject", "MemorySink", "MemoryWriter"]
 
@@ -30,12 +30,22 @@ class MemorySink:
         self.overwrite = overwrite
         self.objects: dict[str, MemoryObject] = {}
         self.aborted = 0
+        self.reachable = True
 
     async def start(self) -> None:
         """Nothing to acquire."""
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    async def probe(self) -> None:
+        """Fail while ``reachable`` is false (tests flip it to play an outage)."""
+        if not self.reachable:
+            raise StorageUnavailable("memory storage is marked unreachable", storage_code="Unreachable")
+
+    async def sweep(self, older_than: float, *, dry_run: bool, now: float | None = None) -> list[SweepItem]:
+        """Nothing outlives an upload here: unfinished uploads were never in ``objects``."""
+        return []
 
     async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> MemoryWriter:
         """Start an upload."""

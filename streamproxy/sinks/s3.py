@@ -276,32 +276,72 @@ class S3Sink:
             return False
         return bool(head.get("Metadata", {}).get(UPLOAD_ID_META) == token)
 
-    async def sweep(self, older_than: float, *, dry_run: bool) -> list[SweepItem]:
-        """Abort incomplete multipart uploads and delete staging objects older than ``older_than`` seconds."""
-        now = datetime.now(UTC)
+    async def probe(self) -> None:
+        """List at most one incomplete multipart upload under the prefix: proves endpoint, credentials and bucket.
+
+        ``ListMultipartUploads`` needs ``s3:ListBucketMultipartUploads``, which sweeping needs anyway;
+        ``HeadBucket`` would need ``s3:ListBucket``, a right the proxy otherwise has no use for.
+        The client is called directly: a probe is neither an upload's call (metrics) nor worth a log line.
+        """
+        try:
+            await self._client.list_multipart_uploads(
+                Bucket=self.options.bucket, Prefix=self.options.prefix, MaxUploads=1
+            )
+        except Exception as exc:
+            raise map_error("ListMultipartUploads", exc) from exc
+
+    async def sweep(self, older_than: float, *, dry_run: bool, now: float | None = None) -> list[SweepItem]:
+        """Abort incomplete multipart uploads and delete staging objects older than ``older_than`` seconds.
+
+        Only uploads under the prefix are touched. A failure to remove one item is recorded in its
+        ``error`` and the sweep goes on; listing failures raise.
+        """
+        moment = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
         found: list[SweepItem] = []
         bucket, prefix = self.options.bucket, self.options.prefix
-        paginator = self._client.get_paginator("list_multipart_uploads")
-        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for upload in page.get("Uploads", []):
-                age = (now - upload["Initiated"]).total_seconds()
-                if age < older_than:
-                    continue
-                found.append(SweepItem("multipart_upload", upload["Key"], age))
-                if not dry_run:
+        try:
+            uploads = [
+                u async for page in self._pages("list_multipart_uploads", prefix) for u in page.get("Uploads", [])
+            ]
+        except Exception as exc:
+            raise map_error("ListMultipartUploads", exc) from exc
+        for upload in uploads:
+            age = (moment - upload["Initiated"]).total_seconds()
+            if age < older_than:
+                continue
+            error = None
+            if not dry_run:
+                try:
                     await self.call(
                         "AbortMultipartUpload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
-        paginator = self._client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix + STAGING_DIR):
-            for obj in page.get("Contents", []):
-                age = (now - obj["LastModified"]).total_seconds()
-                if age < older_than:
-                    continue
-                found.append(SweepItem("staging_object", obj["Key"], age))
-                if not dry_run:
+                except StorageError as exc:
+                    if exc.storage_code != "NoSuchUpload":  # finished or aborted meanwhile: nothing left
+                        error = exc.message
+            found.append(SweepItem("multipart_upload", upload["Key"], age, error))
+        try:
+            staged = [
+                o
+                async for page in self._pages("list_objects_v2", prefix + STAGING_DIR)
+                for o in page.get("Contents", [])
+            ]
+        except Exception as exc:
+            raise map_error("ListObjectsV2", exc) from exc
+        for obj in staged:
+            age = (moment - obj["LastModified"]).total_seconds()
+            if age < older_than:
+                continue
+            error = None
+            if not dry_run:
+                try:
                     await self.call("DeleteObject", Bucket=bucket, Key=obj["Key"])
+                except (StorageError, KeyExists) as exc:
+                    error = exc.message
+            found.append(SweepItem("staging_object", obj["Key"], age, error))
         return found
+
+    def _pages(self, operation: str, prefix: str) -> Any:
+        return self._client.get_paginator(operation).paginate(Bucket=self.options.bucket, Prefix=prefix)
 
 
 def _snake(operation: str) -> str:

@@ -1,0 +1,153 @@
+"""Readiness and shutdown: the cached storage probe behind ``/readyz``, and serving with a graceful drain.
+
+Shutdown on SIGTERM or SIGINT, in order:
+
+1. readiness turns false and new uploads are refused with ``503 draining`` and ``Retry-After``,
+   while the listening socket stays open (load balancers need a moment to notice readiness);
+2. uploads in flight may finish for up to ``--shutdown-timeout`` seconds;
+3. uploads still receiving bytes then are cancelled: the ingest path aborts their writers (no
+   object, no incomplete multipart upload, no temporary file) and the client gets ``503 shutdown``.
+   Uploads already completing in storage are left to finish, for up to ``ABORT_GRACE`` seconds;
+4. the listener and connections close, the sink closes, and the process exits 0.
+
+A second signal during step 2 skips the rest of the wait. aiohttp's own ``run_app`` is not used:
+on SIGTERM it closes the listening socket first, so new uploads would meet a refused connection
+instead of a 503, and it gives handlers its timeout twice (once to finish, once after cancelling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+from aiohttp import web
+
+from .errors import StorageError
+from .handlers import ADMISSION, Admission
+from .metrics import METRICS, Metrics
+from .sinks import Sink
+
+__all__ = ["ABORT_GRACE", "PROBE_TIMEOUT", "PROBE_TTL", "READINESS", "Readiness", "readyz", "serve"]
+
+log = structlog.get_logger("streamproxy.lifecycle")
+
+PROBE_TTL = 5.0  # seconds a probe result is reused: orchestrators probe every few seconds, per replica
+PROBE_TIMEOUT = 2.0
+ABORT_GRACE = 10.0  # after the drain deadline: time for aborts and completing uploads to finish
+_RUNNER_SHUTDOWN = 2.0  # what aiohttp then still waits for: responses being written, idle connections
+
+
+class Readiness:
+    """Answer "can this instance take uploads?" from a storage probe cached for ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        admission: Admission,
+        metrics: Metrics | None = None,
+        *,
+        ttl: float = PROBE_TTL,
+        timeout: float = PROBE_TIMEOUT,
+    ) -> None:
+        self._sink = sink
+        self._admission = admission
+        self._metrics = metrics
+        self._ttl = ttl
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._checked = float("-inf")
+        self._problem: str | None = None
+        self._ever_checked = False
+
+    @property
+    def storage(self) -> str:
+        """The storage this instance writes to."""
+        return self._sink.description
+
+    async def check(self) -> str | None:
+        """Return ``None`` when ready, else the reason (draining, or the storage problem)."""
+        if self._admission.draining:
+            return "the server is shutting down"
+        async with self._lock:  # one probe at a time; concurrent callers share its result
+            if time.monotonic() - self._checked >= self._ttl:
+                problem = await self._probe()
+                if problem is None and (self._problem is not None or not self._ever_checked):
+                    log.info("storage_ready", storage=self._sink.description)
+                elif problem is not None and problem != self._problem:
+                    log.warning("storage_not_ready", storage=self._sink.description, problem=problem)
+                self._problem, self._checked, self._ever_checked = problem, time.monotonic(), True
+                if self._metrics is not None:
+                    self._metrics.storage_ready.set(1 if problem is None else 0)
+            return self._problem
+
+    async def _probe(self) -> str | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._sink.probe()
+        except TimeoutError:
+            return f"storage did not answer within {self._timeout:g} seconds"
+        except StorageError as exc:
+            return exc.message
+        return None
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 when storage is reachable and the server is not draining, else 503."""
+    problem = await request.app[READINESS].check()
+    if problem is None:
+        return web.json_response({"status": "ok"})
+    code = "draining" if request.app[ADMISSION].draining else "storage_unavailable"
+    return web.json_response({"status": "failure", "error": code, "message": problem}, status=503)
+
+
+async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout: float) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain as the module docstring describes."""
+    admission = app[ADMISSION]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_RUNNER_SHUTDOWN)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("listening", host=host, port=port, storage=app[READINESS].storage)
+        stop, hurry = asyncio.Event(), asyncio.Event()
+        received: list[str] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            received.append(sig.name)
+            (hurry if stop.is_set() else stop).set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await stop.wait()
+        await _drain(app, admission, received[0], shutdown_timeout, hurry)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("stopped")
+
+
+async def _drain(app: web.Application, admission: Admission, reason: str, seconds: float, hurry: asyncio.Event) -> None:
+    admission.draining = True
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.draining.set(1)
+    started = time.monotonic()
+    log.info("draining", signal=reason, in_flight=admission.in_flight, shutdown_timeout=seconds)
+    if await admission.wait_idle(seconds, interrupt=hurry):
+        log.info("drained", seconds=round(time.monotonic() - started, 3))
+        return
+    stopped = admission.stop_remaining()
+    log.warning(
+        "drain_deadline", in_flight=admission.in_flight, aborting=stopped, completing=admission.in_flight - stopped
+    )
+    if not await admission.wait_idle(ABORT_GRACE):
+        log.error("drain_incomplete", in_flight=admission.in_flight, hint="run streamproxy sweep")
+    else:
+        log.info("drained", seconds=round(time.monotonic() - started, 3), aborted=stopped)
