@@ -179,10 +179,16 @@ def _check_directory(root: Path, write_probe: bool, report: _Report) -> None:
                 "directory", f"{root} does not exist and {existing} is not a writable directory to create it in"
             )
             return
-        report.ok(f"directory: {root} does not exist yet; serve will create it in {existing}")
-        if write_probe:
-            report.skip("write: not tested (the directory does not exist yet)")
-        return
+        if not write_probe:
+            report.ok(f"directory: {root} does not exist yet; serve will create it in {existing}")
+            report.skip("write: not tested (add --write-probe to create the directory and write a probe file)")
+            return
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            report.fail("directory", f"could not create {root}: {exc.strerror or exc}")
+            return
+        report.ok(f"directory: created {root} (serve would have created it too)")
     if not root.is_dir():
         report.fail("directory", f"{root} is not a directory")
         return

@@ -154,7 +154,7 @@ def _report(
         outcome=outcome,
         client=request.remote,
         method=request.method,
-        key=upload.stored.key if upload else None,
+        key=upload.stored.key if upload else stats.key,
         bytes=size,
         parts=upload.stored.parts if upload else stats.parts,
         retries=stats.retries,

@@ -29,8 +29,9 @@ _SIZE_BUCKETS = tuple(float(2**n) for n in range(10, 34, 2))  # 1 KiB .. 8 GiB
 
 @dataclass
 class UploadStats:
-    """What one upload has done so far: bytes and parts handed to storage, storage retries, completing."""
+    """What one upload has done so far: its key once known, bytes and parts handed to storage, retries."""
 
+    key: str | None = None
     bytes: int = 0
     parts: int = 0
     retries: int = 0
@@ -154,6 +155,9 @@ class InstrumentedSink:
     async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> Writer:
         """Open an upload on the wrapped sink and count what happens to it."""
         writer = await self._sink.open(key, content_type=content_type, metadata=metadata)
+        stats = CURRENT_UPLOAD.get()
+        if stats is not None:
+            stats.key = key
         return _InstrumentedWriter(writer, self._metrics)
 
 
@@ -175,6 +179,7 @@ class _InstrumentedWriter:
     async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
         if self._stats is not None:
             self._stats.completing = True
+            self._stats.key = key or self._stats.key
         try:
             stored = await self._writer.complete(key=key, metadata=metadata)
         except BaseException:
