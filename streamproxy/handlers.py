@@ -123,6 +123,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = web.json_response({"status": "failure", "error": code, "message": exc.reason}, status=exc.status)
             if "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        except ConnectionError:
+            # The client is gone. Answering anyway lets aiohttp drop the connection quietly;
+            # raising would make it log the lost connection as a server error with a traceback.
+            response = web.json_response(
+                {"status": "failure", "error": "client_disconnected", "message": "the client closed the connection"},
+                status=400,
+            )
         except Exception:
             log.exception("unhandled_error", path=request.path)
             response = web.json_response(

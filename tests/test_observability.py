@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import signal
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
 
@@ -19,6 +22,7 @@ from streamproxy.app import make_app
 from streamproxy.sinks.memory import MemorySink
 from tests.conftest import PART, fs_settings, incomplete_uploads, payload, s3_settings, sha256
 from tests.helpers import chunks, form
+from tests.servers import streamproxy_server
 
 
 @pytest.fixture
@@ -218,3 +222,76 @@ async def test_retries_are_counted_per_upload(client_for, flaky_s3, bucket, s3, 
     m = await scrape(client)
     assert value(m, "streamproxy_s3_retries_total", operation="UploadPart") == 1
     assert value(m, "streamproxy_s3_retries_total", operation="PutObject") == 0
+
+
+async def test_client_disconnect_is_a_cancelled_upload(client_for, tmp_path, logs) -> None:
+    """A client that vanishes mid-body: one `cancelled` line, counted and aborted, no error logged."""
+    client = await client_for(fs_settings(tmp_path))
+    _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"PUT /recordings/gone HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nX-Request-ID: leg-2\r\n"
+        b"Content-Length: 20000000\r\n\r\n" + payload(PART + 10)
+    )
+    await writer.drain()
+    for _ in range(200):
+        if value(await scrape(client), "streamproxy_received_bytes_total") >= PART:
+            break
+        await asyncio.sleep(0.01)
+    writer.transport.abort()
+    for _ in range(200):
+        if events(logs, "upload"):
+            break
+        await asyncio.sleep(0.01)
+    (line,) = events(logs, "upload")
+    # aiohttp's test server cancels the handler of a lost connection (handler_cancellation=True);
+    # `streamproxy serve` does not, and its read fails instead (see the subprocess test below).
+    assert (line["outcome"], line["error"], line["request_id"]) == ("cancelled", "cancelled", "leg-2")
+    assert line["key"] == "gone.wav" and line["bytes"] == PART
+    assert not events(logs, "unhandled_error")
+    m = await scrape(client)
+    assert value(m, "streamproxy_uploads_total", outcome="cancelled", error="cancelled") == 1
+    assert value(m, "streamproxy_uploads_aborted_total") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def _scrape_url(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+
+
+async def test_client_disconnect_under_serve(tmp_path) -> None:
+    """Under `streamproxy serve` a lost client is `client_disconnected`: one JSON line, no traceback."""
+    with streamproxy_server(["--storage", tmp_path.as_uri(), "--part-size", "5MiB"]) as (proc, base):
+        port = int(base.rsplit(":", 1)[1])
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"PUT /recordings/gone HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nX-Request-ID: leg-3\r\n"
+            b"Content-Length: 20000000\r\n\r\n" + payload(PART + 10)
+        )
+        await writer.drain()
+        received = 0.0
+        for _ in range(500):
+            received = value(
+                await asyncio.to_thread(_scrape_url, f"{base}/metrics"), "streamproxy_received_bytes_total"
+            )
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        assert received == PART
+        writer.transport.abort()
+        for _ in range(500):
+            if not list(tmp_path.glob(".streamproxy-*")):
+                break
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    assert proc.stderr is not None
+    lines = [json.loads(x) for x in proc.stderr.read().decode().splitlines()]
+    (line,) = [x for x in lines if x["event"] == "upload"]
+    assert (line["outcome"], line["error"], line["request_id"]) == ("cancelled", "client_disconnected", "leg-3")
+    assert line["key"] == "gone.wav" and line["bytes"] >= PART
+    assert [x["event"] for x in lines if x["level"] in ("error", "warning")] == []
+    assert list(tmp_path.iterdir()) == []
