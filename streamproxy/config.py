@@ -119,7 +119,7 @@ class StorageURI:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``streamproxy serve`` is configured with."""
+    """Everything ``streamproxy serve``, ``check`` and ``sweep`` are configured with."""
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT

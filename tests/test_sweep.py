@@ -182,3 +182,18 @@ def test_sweep_command_failures(moto_endpoint, tmp_path, s3) -> None:
 )
 def test_format_age(seconds: float, text: str) -> None:
     assert format_age(seconds) == text
+
+
+def test_documented_lifecycle_rule_is_valid(s3, bucket) -> None:
+    """The lifecycle JSON in docs/observability.md is accepted by the S3 API as written."""
+    import json
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    (block,) = [b for b in re.findall(r"```json\n(.*?)```", doc, re.S) if "AbortIncompleteMultipartUpload" in b]
+    rules = json.loads(block)
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=rules)
+    stored = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    by_id = {rule["ID"]: rule for rule in stored}
+    assert by_id["streamproxy-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert by_id["streamproxy-expire-staging"]["Filter"] == {"Prefix": f"calls/{STAGING_DIR}"}
