@@ -103,6 +103,8 @@ def _json_error(error: StreamproxyError) -> web.Response:
     response = web.json_response(error.to_json(), status=error.status)
     if isinstance(error, Unavailable):
         response.headers["Retry-After"] = str(error.retry_after)
+        if error.code in ("draining", "shutdown"):
+            response.force_close()  # Connection: close, so the client's next request finds another instance
     return response
 
 
@@ -206,16 +208,19 @@ async def health(request: web.Request) -> web.Response:
 
 async def post_recording(request: web.Request) -> web.Response:
     """``POST /recordings``: multipart/form-data, or a raw body with ``?filename=``."""
-    ingest = request.app[INGEST]
+    return await _run(request, lambda: _post(request, request.app[INGEST]))
+
+
+async def _post(request: web.Request, ingest: Ingest) -> Upload:
     if request.content_type == "multipart/form-data":
-        return await _run(request, lambda: _multipart(request, ingest))
+        return await _multipart(request, ingest)
     filename = request.query.get("filename")
     if request.content_type.startswith("multipart/"):
         raise UnsupportedMediaType(f"{request.content_type} is not accepted; send multipart/form-data")
     if media_type_allowed(request.content_type, ingest.accept_types) or not request.content_type:
         if filename is None:
             raise BadRequest("a raw upload needs ?filename=NAME (or use PUT /recordings/NAME)", code="missing_field")
-        return await _run(request, lambda: _raw(request, ingest, filename))
+        return await _raw(request, ingest, filename)
     raise UnsupportedMediaType(
         f"{request.content_type!r} is not accepted: send multipart/form-data or a raw "
         f"{' or '.join(ingest.accept_types)} body"
@@ -224,10 +229,13 @@ async def post_recording(request: web.Request) -> web.Response:
 
 async def put_recording(request: web.Request) -> web.Response:
     """``PUT /recordings/{filename}``: the body is the recording."""
-    ingest = request.app[INGEST]
+    return await _run(request, lambda: _put(request, request.app[INGEST]))
+
+
+async def _put(request: web.Request, ingest: Ingest) -> Upload:
     if request.content_type.startswith("multipart/"):
         raise UnsupportedMediaType("PUT takes the recording itself as the body, not a multipart form")
-    return await _run(request, lambda: _raw(request, ingest, request.match_info["filename"]))
+    return await _raw(request, ingest, request.match_info["filename"])
 
 
 async def _multipart(request: web.Request, ingest: Ingest) -> Upload:

@@ -24,7 +24,7 @@ import time
 import structlog
 from aiohttp import web
 
-from .errors import StorageError
+from .errors import StreamproxyError
 from .handlers import ADMISSION, Admission
 from .metrics import METRICS, Metrics
 from .sinks import Sink
@@ -88,7 +88,7 @@ class Readiness:
                 await self._sink.probe()
         except TimeoutError:
             return f"storage did not answer within {self._timeout:g} seconds"
-        except StorageError as exc:
+        except StreamproxyError as exc:
             return exc.message
         return None
 
