@@ -158,7 +158,8 @@ def _report(
     elapsed = time.monotonic() - started
     size = upload.received.size if upload else stats.bytes
     code = error.code if error else cancelled
-    log.info(
+    emit = log.warning if error is not None and error.status >= 500 else log.info
+    emit(
         "upload",
         outcome=outcome,
         client=request.remote,

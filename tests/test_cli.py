@@ -42,6 +42,9 @@ def test_environment_fills_in_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> 
         (["serve", "--max-buffer-bytes", "6MiB"], {}, "--max-buffer-bytes"),
         (["serve"], {"STREAMPROXY_PART_SIZE": "lots"}, "STREAMPROXY_PART_SIZE"),
         (["serve", "--storage", "s3://calls/", "--max-upload-bytes", "100GiB"], {}, "10000 parts"),
+        (["serve", "--shutdown-timeout", "soon"], {}, "--shutdown-timeout"),
+        (["sweep", "--storage", "file:///tmp/x"], {}, "--older-than"),
+        (["check", "--checksum", "sha1"], {}, "--checksum"),
     ],
 )
 def test_bad_configuration_is_one_line(argv: list[str], env: dict[str, str], needle: str) -> None:

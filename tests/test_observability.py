@@ -84,6 +84,7 @@ async def test_request_id_is_generated_and_bound_to_sink_lines(client_for, moto_
     (line,) = events(logs, "upload")
     assert line["request_id"] == request_id
     assert (line["outcome"], line["error"], line["storage_code"]) == ("failure", "storage_failed", "NoSuchBucket")
+    assert line["log_level"] == "warning"  # a 5xx: storage failed, not the client
     assert all(e["request_id"] == request_id for e in logs if e["event"] in ("upload", "storage_error"))
 
 

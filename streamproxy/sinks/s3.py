@@ -307,7 +307,7 @@ class S3Sink:
             raise map_error("ListMultipartUploads", exc) from exc
         for upload in uploads:
             age = (moment - upload["Initiated"]).total_seconds()
-            if age < older_than:
+            if age < older_than or not upload["Key"].startswith(prefix):  # not every store honours Prefix
                 continue
             error = None
             if not dry_run:
@@ -329,7 +329,7 @@ class S3Sink:
             raise map_error("ListObjectsV2", exc) from exc
         for obj in staged:
             age = (moment - obj["LastModified"]).total_seconds()
-            if age < older_than:
+            if age < older_than or not obj["Key"].startswith(prefix + STAGING_DIR):
                 continue
             error = None
             if not dry_run:
