@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .auth import GUARDS, Guard, Guards, guard_middleware
 from .config import Settings
 from .handlers import (
     ADMISSION,
@@ -38,7 +39,7 @@ def make_app(
     Metrics go to ``registry`` (a fresh one by default, never prometheus-client's global registry).
     """
     sink = sink if sink is not None else build_sink(settings)
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, guard_middleware])
     pool = BufferPool(settings.part_size, settings.max_buffer_bytes)
     admission = Admission(settings.max_concurrent_uploads)
     metrics = Metrics(registry if registry is not None else CollectorRegistry(auto_describe=True))
@@ -63,7 +64,9 @@ def make_app(
         read_timeout=settings.read_timeout,
         file_field=settings.file_field,
         accept_types=settings.accept_types,
+        max_upload_seconds=settings.max_upload_seconds,
     )
+    app[GUARDS] = Guards()
 
     async def sink_lifetime(app: web.Application) -> AsyncIterator[None]:
         await sink.start()
@@ -71,8 +74,12 @@ def make_app(
         await sink.close()
 
     app.cleanup_ctx.append(sink_lifetime)
-    app.router.add_post("/recordings", post_recording, expect_handler=expect_handler)
-    app.router.add_put("/recordings/{filename}", put_recording, expect_handler=expect_handler)
+    guard = Guard.from_settings(settings)
+    for route in (
+        app.router.add_post("/recordings", post_recording, expect_handler=expect_handler),
+        app.router.add_put("/recordings/{filename}", put_recording, expect_handler=expect_handler),
+    ):
+        app[GUARDS].protect(route, guard)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -19,6 +19,7 @@ from .config import (
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_CONCURRENT_UPLOADS,
     DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_UPLOAD_SECONDS,
     DEFAULT_PART_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_PORT,
@@ -63,6 +64,7 @@ class _Options:
     def __init__(self, parser: argparse.ArgumentParser) -> None:
         self.parser = parser
         self.converters: dict[str, tuple[str, Callable[[str], Any]]] = {}
+        self.lists: dict[str, tuple[str, str]] = {}
 
     def add(self, flag: str, convert: Callable[[str], Any], default: Any, help: str) -> None:
         dest = flag.lstrip("-").replace("-", "_")
@@ -78,9 +80,26 @@ class _Options:
             )
         self.parser.set_defaults(**{f"_default_{dest}": default})
 
+    def add_list(self, flag: str, help: str, *, env: str | None = None, dest: str | None = None) -> None:
+        """Add a repeatable flag; each value, and its environment variable (``env``), may be a comma-separated list.
+
+        Values given on the command line replace the variable's list instead of adding to it.
+        """
+        dest = dest or flag.lstrip("-").replace("-", "_")
+        env = env or _env_name(flag)
+        self.lists[dest] = (flag, env)
+        self.parser.add_argument(
+            flag, dest=dest, action="append", default=None, metavar=dest.upper(), help=f"{help} (repeatable; env {env})"
+        )
+
     def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
         """Flag, else environment, else default; each converted, with the source named on error."""
         values: dict[str, Any] = {}
+        for dest, (_flag, env) in self.lists.items():
+            given: list[str] | None = getattr(args, dest)
+            if given is None:
+                given = [os.environ.get(env, "")]
+            values[dest] = tuple(item.strip() for text in given for item in text.split(",") if item.strip())
         for dest, (flag, convert) in self.converters.items():
             raw = getattr(args, dest)
             source = flag
@@ -124,6 +143,31 @@ def _storage_options(options: _Options) -> None:
     options.add("--key-template", str, DEFAULT_KEY_TEMPLATE, "object key below the prefix")
     options.add("--overwrite", _flag_bool, False, "replace an existing object instead of answering 409")
     options.add("--checksum", str, DEFAULT_CHECKSUM, "part checksum sent to S3: md5, crc32, sha256 or none")
+    options.add("--s3-ca-bundle", str, None, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)")
+
+
+def _security_options(options: _Options) -> None:
+    options.add_list(
+        "--auth-token",
+        "a token clients must send (Bearer, or the Basic auth password)",
+        env="STREAMPROXY_AUTH_TOKENS",
+        dest="auth_tokens",
+    )
+    options.add("--auth-token-file", str, None, "file with one token per line (keeps tokens out of ps)")
+    options.add(
+        "--allow-query-token", _flag_bool, False, "also accept the token as ?token= (for clients without headers)"
+    )
+    options.add("--allow-anonymous", _flag_bool, False, "listen beyond loopback without any token")
+    options.add_list("--allow-cidr", "client addresses allowed to upload, e.g. 203.0.113.0/24")
+    options.add_list("--trusted-proxy", "proxy addresses whose X-Forwarded-For is believed")
+    options.add("--tls-cert", str, None, "PEM certificate chain: serve HTTPS directly")
+    options.add("--tls-key", str, None, "PEM private key for --tls-cert")
+    options.add(
+        "--max-upload-seconds",
+        parse_duration,
+        DEFAULT_MAX_UPLOAD_SECONDS,
+        "longest time a client may take to send one upload before 408",
+    )
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
@@ -147,6 +191,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
         DEFAULT_SHUTDOWN_TIMEOUT,
         "on SIGTERM/SIGINT, seconds uploads in flight may take to finish before they are aborted",
     )
+    _security_options(options)
     _log_options(options)
 
     check = commands.add_parser("check", help="check configuration, credentials and storage, then exit")
@@ -221,11 +266,26 @@ def _serve(settings: Settings) -> int:
     from .app import make_app
     from .lifecycle import serve
 
+    ssl_context = None
+    if settings.tls_cert and settings.tls_key:
+        from .tls import server_context
+
+        try:
+            ssl_context = server_context(settings.tls_cert, settings.tls_key)
+        except ConfigError as exc:
+            print(f"streamproxy: error: {exc}", file=sys.stderr)
+            return 2
     app = make_app(settings)
     loop = new_event_loop()
     try:
         loop.run_until_complete(
-            serve(app, host=settings.host, port=settings.port, shutdown_timeout=settings.shutdown_timeout)
+            serve(
+                app,
+                host=settings.host,
+                port=settings.port,
+                shutdown_timeout=settings.shutdown_timeout,
+                ssl_context=ssl_context,
+            )
         )
     except OSError as exc:
         print(f"streamproxy: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ CHECKSUMS = ("md5", "crc32", "sha256", "none")
 DEFAULT_S3_MAX_ATTEMPTS = 5
 DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_MAX_UPLOAD_SECONDS = 3600.0
+MIN_TOKEN_CHARS = 16
 
 S3_MIN_PART_SIZE = 5 * MIB
 S3_MAX_PART_SIZE = 5 * GIB
@@ -53,6 +56,7 @@ S3_MAX_PARTS = 10_000
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # visible ASCII but ',': fits a header, a password, a list
 
 
 class ConfigError(ValueError):
@@ -78,6 +82,25 @@ def parse_duration(text: str | float) -> float:
     if not match:
         raise ConfigError(f"{text!r} is not a duration (examples: 30, 90s, 15m, 24h, 7d)")
     return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether listening on ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token_file(path: str) -> tuple[str, ...]:
+    """Read tokens from ``path``: one per line; blank lines and lines starting with ``#`` are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--auth-token-file {path!r}: cannot read it ({exc.__class__.__name__})") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
 @dataclass(frozen=True)
@@ -144,6 +167,16 @@ class Settings:
     write_probe: bool = False
     older_than: float | None = None
     dry_run: bool = False
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    auth_token_file: str | None = None
+    allow_query_token: bool = False
+    allow_anonymous: bool = False
+    allow_cidr: tuple[str, ...] = ()
+    trusted_proxy: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    s3_ca_bundle: str | None = None
+    max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -194,6 +227,45 @@ class Settings:
             raise ConfigError(str(exc)) from None
         if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
             raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        if self.max_upload_seconds <= 0:
+            raise ConfigError("--max-upload-seconds must be positive")
+        if self.auth_token_file is not None and not read_token_file(self.auth_token_file):
+            raise ConfigError(f"--auth-token-file {self.auth_token_file!r}: holds no token")
+        for number, token in enumerate(self.tokens, start=1):
+            # The token itself never appears in an error: only its position.
+            if len(token) < MIN_TOKEN_CHARS:
+                raise ConfigError(f"auth token #{number} is shorter than {MIN_TOKEN_CHARS} characters")
+            if not _TOKEN.fullmatch(token):
+                raise ConfigError(f"auth token #{number} must be visible ASCII without spaces or commas")
+        for flag, values in (("--allow-cidr", self.allow_cidr), ("--trusted-proxy", self.trusted_proxy)):
+            for value in values:
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{flag} {value!r}: write an address or a network like 10.0.0.0/8") from None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--s3-ca-bundle", self.s3_ca_bundle),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path!r}: no such file")
+        if not self.tokens and not self.allow_anonymous and not is_loopback_host(self.host):
+            raise ConfigError(
+                f"--host {self.host}: refusing to accept uploads from the network without --auth-token "
+                "(or pass --allow-anonymous)"
+            )
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """Every valid token: ``--auth-token`` values, then the lines of ``--auth-token-file``."""
+        from_file = read_token_file(self.auth_token_file) if self.auth_token_file else ()
+        return self.auth_tokens + from_file
 
     @property
     def endpoint_url(self) -> str | None:

@@ -70,10 +70,14 @@ class BadRequest(ClientFault):
 
 
 class Unauthorized(ClientFault):
-    """No valid credentials were presented (401)."""
+    """No valid credentials were presented (401); ``challenges`` become ``WWW-Authenticate`` headers."""
 
     status = 401
     default_code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None, challenges: tuple[str, ...] = ()) -> None:
+        super().__init__(message, code=code)
+        self.challenges = challenges
 
 
 class Forbidden(ClientFault):

@@ -15,7 +15,8 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unavailable, UnsupportedMediaType
+from .auth import check_request
+from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
 
@@ -105,6 +106,9 @@ def _json_error(error: StreamproxyError) -> web.Response:
         response.headers["Retry-After"] = str(error.retry_after)
         if error.code in ("draining", "shutdown"):
             response.force_close()  # Connection: close, so the client's next request finds another instance
+    if isinstance(error, Unauthorized):
+        for challenge in error.challenges:
+            response.headers.add("WWW-Authenticate", challenge)
     return response
 
 
@@ -194,6 +198,7 @@ def _precheck(request: web.Request) -> None:
 async def expect_handler(request: web.Request) -> web.Response | None:
     """Answer ``Expect: 100-continue`` with the failure instead, when the headers already decide it."""
     try:
+        check_request(request)  # the middlewares have not run yet
         _precheck(request)
     except StreamproxyError as exc:
         _report(request, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())

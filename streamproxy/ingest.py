@@ -81,11 +81,25 @@ def media_type_allowed(content_type: str, accept: tuple[str, ...]) -> bool:
     return any(pattern == media or (pattern.endswith("/*") and media.startswith(pattern[:-1])) for pattern in accept)
 
 
-async def _timed(awaitable: Awaitable[T], seconds: float) -> T:
+@dataclass(frozen=True)
+class _Deadline:
+    """When the whole upload must have arrived (``--max-upload-seconds``), on the loop's clock."""
+
+    at: float
+    limit: float
+
+
+async def _timed(awaitable: Awaitable[T], seconds: float, deadline: _Deadline | None = None) -> T:
+    now = asyncio.get_running_loop().time()
+    capped = deadline is not None and deadline.at - now < seconds
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout_at(deadline.at if deadline is not None and capped else now + seconds):
             return await awaitable
     except TimeoutError:
+        if deadline is not None and capped:
+            raise RequestTimeout(
+                f"the upload took longer than {deadline.limit:g} seconds", code="upload_timeout"
+            ) from None
         raise RequestTimeout(f"the client sent nothing for {seconds:g} seconds") from None
 
 
@@ -183,6 +197,7 @@ class Ingest:
         read_timeout: float,
         file_field: str,
         accept_types: tuple[str, ...],
+        max_upload_seconds: float | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -192,6 +207,7 @@ class Ingest:
         self.read_timeout = read_timeout
         self.file_field = file_field
         self.accept_types = accept_types
+        self.max_upload_seconds = max_upload_seconds
         # "upload.wav" tells which type to store when the client sends application/octet-stream.
         suffix = "." + key_template.rsplit(".", 1)[-1].lower() if "." in key_template else ""
         self._default_type = _SUFFIX_TYPES.get(suffix, "application/octet-stream")
@@ -214,10 +230,17 @@ class Ingest:
                 f"recording content type {declared!r} is not accepted (accepted: {', '.join(self.accept_types)})"
             )
 
-    async def _stream(self, writer: Writer, read: Callable[[], Awaitable[bytes]]) -> Received:
+    def _deadline(self) -> _Deadline | None:
+        if self.max_upload_seconds is None:
+            return None
+        return _Deadline(asyncio.get_running_loop().time() + self.max_upload_seconds, self.max_upload_seconds)
+
+    async def _stream(
+        self, writer: Writer, read: Callable[[], Awaitable[bytes]], deadline: _Deadline | None = None
+    ) -> Received:
         stream = RecordingStream(writer, self.pool, max_bytes=self.max_upload_bytes)
         try:
-            while chunk := await _timed(read(), self.read_timeout):
+            while chunk := await _timed(read(), self.read_timeout, deadline):
                 await stream.feed(chunk)
             received = await stream.finish()
         except BaseException:
@@ -229,13 +252,14 @@ class Ingest:
 
     async def raw(self, read: Callable[[], Awaitable[bytes]], *, filename: str, content_type: str | None) -> Upload:
         """Store a raw request body (PUT /recordings/{filename}, POST /recordings?filename=)."""
+        deadline = self._deadline()
         self.check_type(content_type)
         fields = {"filename": check_filename(filename)}
         key = self.key_for(filename, fields)
         stored_type = self.stored_type(content_type)
         writer = await self.sink.open(key, content_type=stored_type, metadata=sanitize_metadata(fields))
         try:
-            received = await self._stream(writer, read)
+            received = await self._stream(writer, read, deadline)
             stored = await writer.complete(metadata=_facts(received))
         except BaseException:
             await writer.abort()
@@ -254,9 +278,10 @@ class Ingest:
         received: Received | None = None
         stored_type = ""
         fields_bytes = 0
+        deadline = self._deadline()
         try:
             for _ in range(MAX_PARTS + 1):
-                part = await _timed(_malformed_guard(reader.next()), self.read_timeout)
+                part = await _timed(_malformed_guard(reader.next()), self.read_timeout, deadline)
                 if part is None:
                     break
                 if not isinstance(part, BodyPartReader):
@@ -288,7 +313,7 @@ class Ingest:
                         staged = True
                     stored_type = self.stored_type(declared)
                     writer = await self.sink.open(key, content_type=stored_type, metadata=sanitize_metadata(fields))
-                    received = await self._stream(writer, _chunk_reader(part))
+                    received = await self._stream(writer, _chunk_reader(part), deadline)
                 elif part.filename is not None:
                     raise BadRequest(
                         f"unexpected file field {name!r} (the recording goes in {self.file_field!r})",
@@ -297,7 +322,7 @@ class Ingest:
                 else:
                     if name in fields:
                         raise BadRequest(f"the field {name!r} was sent twice", code="duplicate_field")
-                    value = await self._text(part, name)
+                    value = await self._text(part, name, deadline)
                     fields_bytes += len(value) + len(name)
                     if fields_bytes > MAX_FIELDS_BYTES:
                         raise BadRequest(
@@ -323,9 +348,9 @@ class Ingest:
             raise
         return Upload(stored, received, stored_type, fields)
 
-    async def _text(self, part: BodyPartReader, name: str) -> str:
+    async def _text(self, part: BodyPartReader, name: str, deadline: _Deadline | None = None) -> str:
         data = bytearray()
-        while chunk := await _timed(_malformed_guard(part.read_chunk(MAX_FIELD_BYTES)), self.read_timeout):
+        while chunk := await _timed(_malformed_guard(part.read_chunk(MAX_FIELD_BYTES)), self.read_timeout, deadline):
             data += chunk
             if len(data) > MAX_FIELD_BYTES:
                 raise BadRequest(f"the field {name!r} is longer than {MAX_FIELD_BYTES} bytes", code="field_too_large")

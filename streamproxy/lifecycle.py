@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import time
 
 import structlog
@@ -105,15 +106,17 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "failure", "error": code, "message": problem}, status=503)
 
 
-async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout: float) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, then drain as the module docstring describes."""
+async def serve(
+    app: web.Application, *, host: str, port: int, shutdown_timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """Serve ``app`` (HTTPS with ``ssl_context``) until SIGTERM or SIGINT, then drain as the module docstring says."""
     admission = app[ADMISSION]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_RUNNER_SHUTDOWN)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
-        log.info("listening", host=host, port=port, storage=app[READINESS].storage)
+        log.info("listening", host=host, port=port, tls=ssl_context is not None, storage=app[READINESS].storage)
         stop, hurry = asyncio.Event(), asyncio.Event()
         received: list[str] = []
 

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from .redact import redact_processor
+
 __all__ = ["configure_logging"]
 
 
@@ -30,6 +32,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
+            redact_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -50,6 +53,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_processor,
                 renderer,
             ],
         )

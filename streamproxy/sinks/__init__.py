@@ -106,6 +106,7 @@ def build_sink(settings: Settings) -> Sink:
                 overwrite=settings.overwrite,
                 checksum=settings.checksum,
                 max_attempts=settings.s3_max_attempts,
+                ca_bundle=settings.s3_ca_bundle,
                 # every buffer in the budget may be on the wire at once, plus room for control calls
                 max_pool_connections=capacity + 8,
             )

@@ -95,6 +95,7 @@ class S3Options:
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    ca_bundle: str | None = None  # PEM file of CAs to trust; certificates are verified either way
 
 
 def map_error(operation: str, exc: BaseException) -> Exception:
@@ -211,7 +212,10 @@ class S3Sink:
         _zero_copy_writes()
         session = get_session()
         self._client = await self._stack.enter_async_context(
-            session.create_client("s3", endpoint_url=o.endpoint_url, region_name=o.region, config=config)
+            # verify=None keeps botocore's default (verification on, AWS_CA_BUNDLE honoured); never False.
+            session.create_client(
+                "s3", endpoint_url=o.endpoint_url, region_name=o.region, config=config, verify=o.ca_bundle
+            )
         )
 
     async def close(self) -> None:
