@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,9 +30,12 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
 
 @contextmanager
 def streamproxy_server(
-    args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, tls_ca: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start ``python -m streamproxy serve ARGS`` on a free port; yield the process and its base URL."""
+    """Start ``python -m streamproxy serve ARGS`` on a free port; yield the process and its base URL.
+
+    With ``tls_ca`` the server is expected to speak HTTPS with a certificate that CA signed.
+    """
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamproxy", "serve", "--port", str(port), "--log-format", "json", *args],
@@ -40,14 +44,15 @@ def streamproxy_server(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
     try:
         deadline = time.monotonic() + 20
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=1, context=context) as resp:
                     if resp.status == 200:
                         break
             except OSError:
