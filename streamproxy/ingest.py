@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import structlog
 from aiohttp import BodyPartReader, MultipartReader
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
@@ -370,14 +370,22 @@ def _chunk_reader(part: BodyPartReader) -> Callable[[], Awaitable[bytes]]:
 
 
 async def _malformed_guard(awaitable: Awaitable[T]) -> T:
-    """Turn aiohttp's parse errors for a broken multipart body into a 400."""
+    """Turn aiohttp's parse errors for a broken multipart body into a 400.
+
+    aiohttp's multipart reader raises RuntimeError for some input too (an over-long ``_charset_``
+    part, unknown encodings), so it counts as malformed input here.
+    """
     try:
         return await awaitable
-    except (ValueError, AssertionError, HttpProcessingError) as exc:
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
         raise BadRequest(f"the multipart body is malformed ({_reason(exc)})", code="malformed_body") from None
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, LineTooLong):  # its message quotes the line itself
+        return "a line is too long"
+    if isinstance(exc, HttpProcessingError):
+        return exc.message or type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:120]
 
