@@ -117,7 +117,10 @@ class KeyTemplate:
         if template.startswith("/"):
             raise ValueError(f"key template {template!r} must not start with '/'")
         # Render once with harmless values so a template that can never yield a valid key fails at start.
-        _check_key(self._render("x", {f: "x" for f in self.fields}, datetime(2000, 1, 1, tzinfo=UTC)))
+        try:
+            _check_key(self._render("x", {f: "x" for f in self.fields}, datetime(2000, 1, 1, tzinfo=UTC)))
+        except BadRequest as exc:
+            raise ValueError(f"key template {template!r}: {exc.message}") from None
 
     def render(self, filename: str | None, fields: Mapping[str, str], now: datetime | None = None) -> str:
         """Return the key (below the prefix) for this upload, or raise a 400 naming what is wrong."""

@@ -39,6 +39,7 @@ def test_environment_fills_in_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> 
         (["serve", "--part-size", "1MiB"], {}, "--part-size"),
         (["serve", "--storage", "ftp://x"], {}, "--storage"),
         (["serve", "--key-template", "fixed.wav"], {}, "no variable"),
+        (["serve", "--key-template", "{filename}/../x.wav"], {}, "'..' segment"),
         (["serve", "--max-buffer-bytes", "6MiB"], {}, "--max-buffer-bytes"),
         (["serve"], {"STREAMPROXY_PART_SIZE": "lots"}, "STREAMPROXY_PART_SIZE"),
         (["serve", "--storage", "s3://calls/", "--max-upload-bytes", "100GiB"], {}, "10000 parts"),

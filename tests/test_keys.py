@@ -73,7 +73,19 @@ def test_missing_template_field_is_a_400() -> None:
 
 
 @pytest.mark.parametrize(
-    "template", ["static.wav", "{nope}", "{filename!r}", "/{filename}", "{date}", "{field:a/b}", "{filename"]
+    "template",
+    [
+        "static.wav",
+        "{nope}",
+        "{filename!r}",
+        "/{filename}",
+        "{date}",
+        "{field:a/b}",
+        "{filename",
+        "{field:id}/../{filename}",
+        "a//{filename}",
+        "{filename}/./x",
+    ],
 )
 def test_bad_templates_fail_at_start(template: str) -> None:
     """Templates that cannot produce safe, distinct keys are refused when the server starts."""
