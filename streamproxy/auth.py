@@ -65,10 +65,11 @@ class Authenticator:
     """
 
     def __init__(self, tokens: Iterable[str], *, allow_query_token: bool = False) -> None:
+        tokens = tuple(tokens)
         self._digests = tuple(_digest(token) for token in tokens)
         self.allow_query_token = allow_query_token
         for token in tokens:
-            remember_secret(token)
+            remember_secret(token)  # so a token that slips into a log line is scrubbed there too
 
     @property
     def required(self) -> bool:
