@@ -7,14 +7,19 @@ failure table and docs/security.md name the same codes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
 from tests.helpers import form, multipart_body
+from tests.live import LiveServer, live_servers
 
 FORM = "multipart/form-data; boundary=b0undary"
 BIG = payload(PART + 100)  # more than one part: a multipart upload is open when the failure hits
@@ -176,14 +181,34 @@ async def _send(port: int, case: Case) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), response_headers, body
 
 
+@pytest.fixture(scope="module")
+def hostile_s3(moto_endpoint: str) -> Iterator[tuple[LiveServer, Any, str]]:
+    """One server on moto for the whole table (each case must leave the bucket empty anyway)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in list(os.environ):
+            if name.startswith(("AWS_", "STREAMPROXY_")):
+                env.delenv(name)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        env.setenv("AWS_CONFIG_FILE", os.devnull)
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+        bucket = f"hostile-{uuid.uuid4().hex[:16]}"
+        client.create_bucket(Bucket=bucket)
+        settings = s3_settings(moto_endpoint, bucket, max_upload_bytes=4 * PART, s3_region="us-east-1")
+        with live_servers([(settings, None)]) as (server,):
+            yield server, client, bucket
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-async def test_hostile_request(client_for, moto_endpoint, bucket, s3, name) -> None:
+async def test_hostile_request(hostile_s3, name) -> None:
     """The case gets its documented status and error code as JSON; the bucket stays empty, nothing open."""
     case = CASES[name]
-    client = await client_for(s3_settings(moto_endpoint, bucket, max_upload_bytes=4 * PART))
-    status, headers, body = await _send(client.port, case)
+    server, s3, bucket = hostile_s3
+    status, headers, body = await _send(server.port, case)
     assert headers["content-type"].startswith("application/json"), (status, body[:300])
-    answer = __import__("json").loads(body)
+    answer = json.loads(body)
     assert (status, answer["error"]) == (case.status, case.error), answer
     assert answer["status"] == "failure" and answer["message"]
     await _no_leftovers(s3, bucket)
