@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .auth import GUARDS, Guard, Guards, guard_middleware
+from .auth import GUARDS, Guard, Guards
 from .config import Settings
 from .handlers import (
     ADMISSION,
@@ -15,6 +15,7 @@ from .handlers import (
     Admission,
     error_middleware,
     expect_handler,
+    guard_middleware,
     health,
     post_recording,
     put_recording,

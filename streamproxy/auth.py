@@ -1,9 +1,9 @@
 """Who may upload: shared-secret tokens, client address rules, and the per-route guard that applies them.
 
 A ``Guard`` belongs to a route, not to the process: the default upload routes get one built from
-the flags (``Guard.from_settings``), and every further upload route may carry its own tokens. The
-``guard_middleware`` and the ``Expect: 100-continue`` handler look the guard up by the matched route
-and decide from the headers alone, before a byte of the body is read. Routes without a guard
+the flags (``Guard.from_settings``), and every further upload route may carry its own tokens.
+``handlers.guard_middleware`` and the ``Expect: 100-continue`` handler look the guard up by the
+matched route and decide from the headers alone, before a byte of the body is read. Routes without a guard
 (``/healthz`` and the other probes) stay open: they reveal nothing and must answer load balancers
 and orchestrators from addresses the upload rules do not list.
 
@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -37,7 +37,6 @@ __all__ = [
     "Guard",
     "Guards",
     "check_request",
-    "guard_middleware",
 ]
 
 REALM = "streamproxy"
@@ -92,14 +91,10 @@ class Authenticator:
             presented = _credential(authorization)
         elif QUERY_TOKEN in query:
             if not self.allow_query_token:
-                raise _unauthorized(
-                    "tokens in the query string are not accepted here: send Authorization: Bearer <token>"
-                )
+                raise _unauthorized("tokens in the query string are not accepted here: send a Bearer token")
             presented = query[QUERY_TOKEN].encode("utf-8")
         else:
-            raise _unauthorized(
-                "authentication required: send Authorization: Bearer <token> or the token as the Basic auth password"
-            )
+            raise _unauthorized("authentication required: send a Bearer token, or the token as the Basic auth password")
         if not self.matches(presented):
             raise _unauthorized("the credentials are not valid")
 
@@ -224,13 +219,3 @@ def check_request(request: web.Request) -> None:
     guard = guards.guard_for(request.match_info.route)
     if guard is not None:
         guard.check(request)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests the route's guard rejects, before the handler reads the body."""
-    check_request(request)
-    return await handler(request)

@@ -20,7 +20,15 @@ from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized,
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
 
-__all__ = ["Admission", "error_middleware", "expect_handler", "health", "post_recording", "put_recording"]
+__all__ = [
+    "Admission",
+    "error_middleware",
+    "expect_handler",
+    "guard_middleware",
+    "health",
+    "post_recording",
+    "put_recording",
+]
 
 log = structlog.get_logger("streamproxy.http")
 
@@ -193,6 +201,17 @@ def _precheck(request: web.Request) -> None:
         raise PayloadTooLarge(
             f"the request declares {request.content_length} bytes; the limit is {ingest.max_upload_bytes} bytes"
         )
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests the route's guard rejects (403, 401) before the handler reads the body; log them."""
+    try:
+        check_request(request)
+    except StreamproxyError as exc:
+        _report(request, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())
+        raise
+    return await handler(request)
 
 
 async def expect_handler(request: web.Request) -> web.Response | None:

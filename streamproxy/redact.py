@@ -1,4 +1,7 @@
-"""Keep secrets out of logs: a structlog processor and a logging formatter that scrub them.
+"""Keep secrets out of logs: a structlog processor that scrubs them from every event.
+
+``log.configure_logging`` runs it for structlog events and for standard-library records (aiohttp's
+included, tracebacks too), just before rendering.
 
 streamproxy never logs headers, query strings or presigned URLs in the first place; this is the
 second line. It removes every token the process was configured with (``remember_secret``) and
@@ -9,12 +12,11 @@ S3 URLs.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["REDACTED", "RedactingFormatter", "redact_processor", "remember_secret", "scrub"]
+__all__ = ["REDACTED", "redact_processor", "remember_secret", "scrub"]
 
 REDACTED = "[redacted]"
 _MIN_SECRET = 4  # shorter strings would blank out ordinary words; tokens are validated much longer
@@ -63,11 +65,3 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     for key, value in list(event_dict.items()):
         event_dict[key] = _scrub_value(value)
     return event_dict
-
-
-class RedactingFormatter(logging.Formatter):
-    """A ``logging.Formatter`` whose output, tracebacks included, is scrubbed."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Format the record, then scrub it."""
-        return scrub(super().format(record))
