@@ -214,10 +214,14 @@ async def test_client_address_rules_over_http(client_for, tmp_path) -> None:
 
 
 async def test_probes_and_unknown_paths_stay_open(client_for, tmp_path) -> None:
-    """/healthz answers without a token and from any address; unknown paths are 404, wrong methods 405."""
+    """Probes and metrics answer without a token and from any address; unknown paths 404, wrong methods 405."""
     client = await client_for(fs_settings(tmp_path, auth_tokens=(TOKEN_A,), allow_cidr=("198.51.100.0/24",)))
     health = await client.get("/healthz")
     assert health.status == 200 and (await health.json()) == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status == 200, await ready.text()
+    metrics = await client.get("/metrics")
+    assert metrics.status == 200 and TOKEN_A not in await metrics.text()
     assert (await client.get("/nope")).status == 404
     assert (await client.delete("/recordings")).status == 405
 
