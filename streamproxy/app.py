@@ -23,6 +23,7 @@ from .handlers import (
 from .ingest import Ingest
 from .lifecycle import READINESS, Readiness, readyz
 from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
+from .openapi import serve_openapi
 from .parts import BufferPool
 from .sinks import Sink, build_sink
 
@@ -84,4 +85,5 @@ def make_app(
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", serve_openapi)
     return app
