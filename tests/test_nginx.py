@@ -78,7 +78,9 @@ def substitute(text: str, pattern: str, replacement: str) -> str:
     return new
 
 
-def site_config(*, port: int, upstream: str, cert: Path, key: Path, buffering: str = "off") -> str:
+def site_config(
+    *, port: int, upstream: str, cert: Path, key: Path, buffering: str = "off", http_version: str = "1.1"
+) -> str:
     """The deploy file with only its addresses and certificate paths swapped for the test's."""
     text = CONF.read_text()
     text = substitute(text, r"^    listen 443 ssl;$", f"    listen 127.0.0.1:{port} ssl;")
@@ -86,6 +88,7 @@ def site_config(*, port: int, upstream: str, cert: Path, key: Path, buffering: s
     text = substitute(text, r"^    server 127\.0\.0\.1:8080 ", f"    server {upstream} ")
     text = substitute(text, r"^    ssl_certificate \S+;$", f"    ssl_certificate {cert};")
     text = substitute(text, r"^    ssl_certificate_key \S+;$", f"    ssl_certificate_key {key};")
+    text = substitute(text, r"^    proxy_http_version 1\.1;$", f"    proxy_http_version {http_version};")
     return substitute(text, r"^    proxy_request_buffering off;$", f"    proxy_request_buffering {buffering};")
 
 
@@ -122,7 +125,7 @@ class Nginx:
 
 
 @contextmanager
-def running_nginx(tmp: Path, upstream: str, *, buffering: str = "off") -> Iterator[Nginx]:
+def running_nginx(tmp: Path, upstream: str, **overrides: str) -> Iterator[Nginx]:
     """Start nginx on a free loopback port with the deploy config, and stop it afterwards."""
     binary = nginx_binary()
     port = free_port()
@@ -130,7 +133,7 @@ def running_nginx(tmp: Path, upstream: str, *, buffering: str = "off") -> Iterat
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
         (tmp / name).mkdir()
     site = tmp / "streamproxy.conf"
-    site.write_text(site_config(port=port, upstream=upstream, cert=cert, key=key, buffering=buffering))
+    site.write_text(site_config(port=port, upstream=upstream, cert=cert, key=key, **overrides))
     error_log = tmp / "logs" / "error.log"
     main = tmp / "nginx.conf"
     main.write_text(
@@ -290,15 +293,18 @@ async def test_nginx_answers_json_when_streamproxy_is_down(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-async def test_the_spool_check_sees_a_buffered_body(tmp_path: Path) -> None:
-    """Control: with nginx's default proxy_request_buffering on, the same checks do see the temp file."""
+@pytest.mark.parametrize(
+    "overrides", [{"buffering": "on"}, {"http_version": "1.0"}], ids=["request_buffering_on", "http_1_0"]
+)
+async def test_the_spool_check_sees_a_buffered_body(tmp_path: Path, overrides: dict[str, str]) -> None:
+    """Control: with buffering on, or HTTP/1.0 to the upstream (chunked bodies), the same checks see the temp file."""
     store = tmp_path / "store"
     proxy_dir = tmp_path / "nginx"
     proxy_dir.mkdir()
     args = ["--storage", store.as_uri()]
     with (
         streamproxy_server(args) as (_, upstream),
-        running_nginx(proxy_dir, upstream.removeprefix("http://"), buffering="on") as nginx,
+        running_nginx(proxy_dir, upstream.removeprefix("http://"), **overrides) as nginx,
         watching_spool(nginx),
     ):
         status, body, _, sent_sha = await upload_through(nginx, client_ssl(proxy_dir), 32 * MIB)
