@@ -27,8 +27,8 @@ def test_s3_accepts_the_lifecycle_rules(s3: Any, bucket: str) -> None:
     s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=rules)
     stored = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     by_id = {rule["ID"]: rule for rule in stored}
-    abort = by_id["streamproxy-abort-incomplete-multipart-uploads"]
+    abort = by_id["streamproxy-abort-incomplete-uploads"]
     assert abort["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
     assert abort["Filter"] == {"Prefix": "calls/"} and abort["Status"] == "Enabled"
-    staging = by_id["streamproxy-expire-staging-objects"]
+    staging = by_id["streamproxy-expire-staging"]
     assert staging["Expiration"] == {"Days": 1} and staging["Filter"] == {"Prefix": "calls/.streamproxy-staging/"}
