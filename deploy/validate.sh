@@ -20,20 +20,25 @@ echo "deploy: OpenAPI document"
 openapi-spec-validator streamproxy/openapi.json
 
 echo "deploy: systemd-analyze verify + security"
-# verify needs ExecStart's binary to exist: check a copy pointing at this checkout's streamproxy.
+# verify needs ExecStart's binary to exist: check copies pointing at this checkout's streamproxy.
 # It only warns (exit 0) about unknown keys or bad values, so any output is a failure.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 binary=$(command -v streamproxy)
-sed "s#^ExecStart=/opt/streamproxy/bin/streamproxy #ExecStart=$binary #" \
-    deploy/systemd/streamproxy.service >"$scratch/streamproxy.service"
-grep -q "^ExecStart=$binary serve$" "$scratch/streamproxy.service"
-report=$(systemd-analyze verify "$scratch/streamproxy.service" 2>&1)
+for unit in deploy/systemd/*.service deploy/systemd/*.timer; do
+    sed "s#^ExecStart=/opt/streamproxy/bin/streamproxy #ExecStart=$binary #" "$unit" >"$scratch/${unit##*/}"
+done
+for unit in "$scratch"/*.service; do
+    grep -q "^ExecStart=$binary " "$unit"
+done
+report=$(systemd-analyze verify "$scratch"/*.service "$scratch"/*.timer 2>&1)
 if [ -n "$report" ]; then
     echo "$report"
     exit 1
 fi
 # Exposure 0.0 (locked down) .. 10.0 (exposed); --threshold is in tenths.
-systemd-analyze security --offline=yes --threshold=20 "$scratch/streamproxy.service" >/dev/null
+for unit in "$scratch"/*.service; do
+    systemd-analyze security --offline=yes --threshold=20 "$unit" >/dev/null
+done
 
 echo "deploy: all artifacts valid"
