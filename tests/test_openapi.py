@@ -51,6 +51,8 @@ def resolve(node: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def documented_codes(response: Mapping[str, Any]) -> set[str]:
+    if "application/json" not in response["content"]:
+        return set()
     schema = response["content"]["application/json"]["schema"]
     return set(schema.get("properties", {}).get("error", {}).get("enum", []))
 
@@ -114,6 +116,24 @@ async def _put_twice(client: TestClient[Any, Any]) -> aiohttp.ClientResponse:
     first = await client.put("/recordings/twice", data=b"one", headers=WAV)
     assert first.status == 200
     return await client.put("/recordings/twice", data=b"two", headers=WAV)
+
+
+async def _cut_by_shutdown(client: TestClient[Any, Any]) -> aiohttp.ClientResponse:
+    """An upload still receiving when the drain deadline passes (``stop_remaining``)."""
+    admission = client.app[ADMISSION]
+    sending = asyncio.create_task(client.put("/recordings/cut", data=_stalled_body(), headers=WAV))
+    for _ in range(500):
+        if admission.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert admission.stop_remaining() == 1
+    return await sending
+
+
+def _unreachable() -> MemorySink:
+    sink = MemorySink()
+    sink.reachable = False
+    return sink
 
 
 def _busy(app: Any) -> None:
@@ -229,6 +249,18 @@ CASES = [
         "storage_timeout",
         sink=lambda: FailingSink(StorageTimeout("timed out")),
     ),
+    Case("shutdown", PUT, _cut_by_shutdown, 503, "shutdown"),
+    Case("ready", ("/readyz", "get"), lambda c: c.get("/readyz"), 200),
+    Case("not_ready_draining", ("/readyz", "get"), lambda c: c.get("/readyz"), 503, "draining", prepare=_draining),
+    Case(
+        "not_ready_storage",
+        ("/readyz", "get"),
+        lambda c: c.get("/readyz"),
+        503,
+        "storage_unavailable",
+        sink=_unreachable,
+    ),
+    Case("metrics", ("/metrics", "get"), lambda c: c.get("/metrics"), 200),
     Case("unknown_path", "NotFound", lambda c: c.get("/nope"), 404, "not_found"),
     Case("wrong_method", "MethodNotAllowed", lambda c: c.get("/recordings"), 405, "method_not_allowed"),
 ]
@@ -286,12 +318,13 @@ async def test_real_responses_match_the_document(case: Case, aiohttp_client, tmp
         case.prepare(app)
     client = await aiohttp_client(app)
     resp = await case.send(client)
-    body = await resp.json()
-    assert (resp.status, body.get("error")) == (case.status, case.code), body
+    body: Any = await resp.json() if resp.content_type == "application/json" else await resp.text()
+    assert (resp.status, body.get("error") if isinstance(body, dict) else None) == (case.status, case.code), body
 
+    media = resp.content_type.replace("/", "~1")
     if isinstance(case.operation, str):
         response = DOC["components"]["responses"][case.operation]
-        pointer = f"#/components/responses/{case.operation}/content/application~1json/schema"
+        pointer = f"#/components/responses/{case.operation}/content/{media}/schema"
     else:
         path, method = case.operation
         responses = DOC["paths"][path][method]["responses"]
@@ -299,15 +332,17 @@ async def test_real_responses_match_the_document(case: Case, aiohttp_client, tmp
         ref = responses[str(resp.status)]
         response = resolve(ref)
         if "$ref" in ref:
-            pointer = ref["$ref"] + "/content/application~1json/schema"
+            pointer = ref["$ref"] + f"/content/{media}/schema"
         else:
             escaped = path.replace("~", "~0").replace("/", "~1")
-            pointer = f"#/paths/{escaped}/{method}/responses/{resp.status}/content/application~1json/schema"
+            pointer = f"#/paths/{escaped}/{method}/responses/{resp.status}/content/{media}/schema"
     assert resp.content_type in response["content"]
     Draft202012Validator({"$ref": DOC_URI + pointer}, registry=REGISTRY).validate(body)
     for header in response.get("headers", {}):
         if header == "Retry-After" and case.code == "storage_unavailable":
             continue  # documented as sent for busy and draining only
         assert header in resp.headers, f"documented header {header} missing"
+    if case.name == "metrics":
+        assert "streamproxy_build_info{" in body
     if case.name == "openapi":
         assert body == {**DOC, "info": {**DOC["info"], "version": __version__}}

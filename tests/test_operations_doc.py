@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import fs_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "operations.md"
 LIFECYCLE = ROOT / "deploy" / "s3-lifecycle.json"
@@ -32,3 +34,12 @@ def test_s3_accepts_the_lifecycle_rules(s3: Any, bucket: str) -> None:
     assert abort["Filter"] == {"Prefix": "calls/"} and abort["Status"] == "Enabled"
     staging = by_id["streamproxy-expire-staging"]
     assert staging["Expiration"] == {"Days": 1} and staging["Filter"] == {"Prefix": "calls/.streamproxy-staging/"}
+
+
+async def test_metrics_the_guide_alerts_on_exist(client_for, tmp_path) -> None:
+    """Every streamproxy_* name in the guide (its alert rules) is a metric /metrics really serves."""
+    client = await client_for(fs_settings(tmp_path))
+    resp = await client.get("/metrics")
+    served = set(re.findall(r"^# TYPE (streamproxy_\w+) ", await resp.text(), flags=re.MULTILINE))
+    named = set(re.findall(r"\b(streamproxy_[a-z0-9_]+)", DOC.read_text()))
+    assert named and named <= served, f"not served: {sorted(named - served)}"
