@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,10 +19,11 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+import streamproxy
 from streamproxy import __version__
 from streamproxy.app import make_app
 from streamproxy.config import Settings, StorageURI
-from streamproxy.errors import StorageFailed, StorageTimeout, StorageUnavailable
+from streamproxy.errors import StorageFailed, StorageTimeout, StorageUnavailable, StreamproxyError
 from streamproxy.handlers import ADMISSION
 from streamproxy.sinks.memory import MemorySink, MemoryWriter
 from tests.conftest import PART, s3_settings
@@ -346,3 +349,43 @@ async def test_real_responses_match_the_document(case: Case, aiohttp_client, tmp
         assert "streamproxy_build_info{" in body
     if case.name == "openapi":
         assert body == {**DOC, "info": {**DOC["info"], "version": __version__}}
+
+
+def codes_the_code_can_send() -> set[str]:
+    """Every failure code a client can receive, read from the package's source.
+
+    A ``StreamproxyError`` subclass instantiated with ``code="..."`` sends that code, and without
+    one its ``default_code``; the error middleware adds its own three.
+    """
+    classes = {cls.__name__: cls for cls in _subclasses(StreamproxyError)}
+    codes = {"not_found", "method_not_allowed", "internal_error"}
+    for path in Path(streamproxy.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes):
+                continue
+            given = next((kw.value for kw in node.keywords if kw.arg == "code"), None)
+            if given is None:
+                codes.add(classes[node.func.id].default_code)
+            elif isinstance(given, ast.Constant) and isinstance(given.value, str):
+                codes.add(given.value)
+    return codes
+
+
+def _subclasses(cls: type[StreamproxyError]) -> list[type[StreamproxyError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def test_every_code_the_server_can_send_is_documented() -> None:
+    """The document's failure codes are exactly those the source can send (new codes need documenting)."""
+    documented: set[str] = set()
+    for item in DOC["paths"].values():
+        for method, operation in item.items():
+            if method in METHODS:
+                for response in operation["responses"].values():
+                    documented |= documented_codes(resolve(response))
+    for response in DOC["components"]["responses"].values():
+        documented |= documented_codes(response)
+    assert codes_the_code_can_send() == documented
