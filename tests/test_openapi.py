@@ -218,6 +218,30 @@ CASES = [
         "client_timeout",
         settings={"read_timeout": 0.3},
     ),
+    Case(
+        "no_token",
+        PUT,
+        _put("/recordings/t"),
+        401,
+        "unauthorized",
+        settings={"auth_tokens": ("s3cret-token-for-tests",)},
+    ),
+    Case(
+        "bearer_token",
+        PUT,
+        _put("/recordings/t", headers={**WAV, "Authorization": "Bearer s3cret-token-for-tests"}),
+        200,
+        settings={"auth_tokens": ("s3cret-token-for-tests",)},
+    ),
+    Case("outside_cidr", PUT, _put("/recordings/c"), 403, "forbidden", settings={"allow_cidr": ("192.0.2.0/24",)}),
+    Case(
+        "slow_upload",
+        PUT,
+        _put("/recordings/slow", data=_stalled_body()),
+        408,
+        "upload_timeout",
+        settings={"max_upload_seconds": 0.3},
+    ),
     Case("exists", PUT, _put_twice, 409, "exists"),
     Case(
         "too_large", PUT, _put("/recordings/big", data=b"x" * 100), 413, "too_large", settings={"max_upload_bytes": 10}
