@@ -67,6 +67,7 @@ def make_app(
         file_field=settings.file_field,
         accept_types=settings.accept_types,
         max_upload_seconds=settings.max_upload_seconds,
+        require_wav=settings.require_wav,
     )
     app[GUARDS] = Guards()
 

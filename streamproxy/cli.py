@@ -185,6 +185,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
     options.add(
         "--accept-types", _types, ",".join(DEFAULT_ACCEPT_TYPES), "comma-separated recording content types accepted"
     )
+    options.add("--require-wav", _flag_bool, False, "refuse recordings that are not WAV files (415 not_wav)")
     options.add(
         "--shutdown-timeout",
         parse_duration,

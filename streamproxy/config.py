@@ -161,6 +161,7 @@ class Settings:
     file_field: str = DEFAULT_FILE_FIELD
     checksum: str = DEFAULT_CHECKSUM
     accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
+    require_wav: bool = False
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT

@@ -315,6 +315,7 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
         "key": upload.stored.key,
         "size": upload.received.size,
         "sha256": upload.received.sha256,
+        "audio": upload.received.audio,
     }
     if upload.stored.bucket is not None:
         body["bucket"] = upload.stored.bucket

@@ -29,6 +29,7 @@ from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMedi
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
 from .parts import BufferPool, PartBuffer
 from .sinks import Sink, Stored, Writer
+from .wav import WavInfo, WavProbe
 
 __all__ = [
     "MAX_FIELD_BYTES",
@@ -51,7 +52,7 @@ MAX_FORM_OVERHEAD = 1024 * 1024  # what a multipart body may carry beyond the re
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values together
 _IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary", "identity")
 _META_NAME_UNSAFE = re.compile(r"[^a-z0-9-]")
-_RESERVED_META = ("sha256", "size", "mime_type", "streamproxy-upload-id")
+_RESERVED_META = ("sha256", "size", "audio", "mime_type", "streamproxy-upload-id")
 _SUFFIX_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".flac": "audio/flac"}
 
 T = TypeVar("T")
@@ -63,6 +64,12 @@ class Received:
 
     size: int
     sha256: str
+    wav: WavInfo | None = None
+
+    @property
+    def audio(self) -> dict[str, object] | None:
+        """The ``audio`` object of the answer: WAV facts, or ``None`` for anything else."""
+        return self.wav.to_json(self.size) if self.wav is not None else None
 
 
 @dataclass(frozen=True)
@@ -106,10 +113,12 @@ async def _timed(awaitable: Awaitable[T], seconds: float, deadline: _Deadline | 
 class RecordingStream:
     """Cut incoming chunks into full part buffers, hash them in order, and hand them to a writer."""
 
-    def __init__(self, writer: Writer, pool: BufferPool, *, max_bytes: int) -> None:
+    def __init__(self, writer: Writer, pool: BufferPool, *, max_bytes: int, require_wav: bool = False) -> None:
         self._writer = writer
         self._pool = pool
         self._max_bytes = max_bytes
+        self._probe = WavProbe()
+        self._require_wav = require_wav
         self._sha = hashlib.sha256()
         self._hashing: asyncio.Future[None] | None = None
         self._buffer: PartBuffer | None = None
@@ -125,6 +134,9 @@ class RecordingStream:
         if self.size + len(chunk) > self._max_bytes:
             raise PayloadTooLarge(f"the recording is larger than the limit of {self._max_bytes} bytes")
         self.size += len(chunk)
+        if not self._probe.done:  # only the first chunk or two: the header is a few dozen bytes
+            self._probe.feed(chunk)
+            self._check_wav()
         view = memoryview(chunk)
         while view:
             buffer = self._buffer
@@ -149,12 +161,18 @@ class RecordingStream:
         self._hashing.add_done_callback(lambda _: part.release())
         await self._writer.write(part, last=last)
 
+    def _check_wav(self) -> None:
+        if self._require_wav and self._probe.done and self._probe.info is None and self.size:
+            raise UnsupportedMediaType(f"the recording is not a WAV file: {self._probe.reason}", code="not_wav")
+
     async def finish(self) -> Received:
         """Ship the last part and return what was received."""
+        self._probe.finish()
+        self._check_wav()
         if self._buffer is not None and self._buffer.length:
             await self._ship(last=True)
         await self.discard()
-        return Received(self.size, self._sha.hexdigest())
+        return Received(self.size, self._sha.hexdigest(), self._probe.info)
 
     async def discard(self) -> None:
         """Give back the buffer being filled and wait for hashing to let go of its part."""
@@ -198,6 +216,7 @@ class Ingest:
         file_field: str,
         accept_types: tuple[str, ...],
         max_upload_seconds: float | None = None,
+        require_wav: bool = False,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -208,6 +227,7 @@ class Ingest:
         self.file_field = file_field
         self.accept_types = accept_types
         self.max_upload_seconds = max_upload_seconds
+        self.require_wav = require_wav
         # "upload.wav" tells which type to store when the client sends application/octet-stream.
         suffix = "." + key_template.rsplit(".", 1)[-1].lower() if "." in key_template else ""
         self._default_type = _SUFFIX_TYPES.get(suffix, "application/octet-stream")
@@ -238,7 +258,7 @@ class Ingest:
     async def _stream(
         self, writer: Writer, read: Callable[[], Awaitable[bytes]], deadline: _Deadline | None = None
     ) -> Received:
-        stream = RecordingStream(writer, self.pool, max_bytes=self.max_upload_bytes)
+        stream = RecordingStream(writer, self.pool, max_bytes=self.max_upload_bytes, require_wav=self.require_wav)
         try:
             while chunk := await _timed(read(), self.read_timeout, deadline):
                 await stream.feed(chunk)
@@ -391,4 +411,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _facts(received: Received) -> dict[str, str]:
-    return {"sha256": received.sha256, "size": str(received.size)}
+    facts = {"sha256": received.sha256, "size": str(received.size)}
+    if received.wav is not None:
+        facts["audio"] = received.wav.to_metadata(received.size)
+    return facts

@@ -42,6 +42,7 @@ async def test_multipart_round_trip_is_byte_exact(client_for, moto_endpoint, buc
         "key": "rec/call-7.wav",
         "size": size,
         "sha256": sha256(data),
+        "audio": None,
         "bucket": bucket,
     }
     stored = s3.get_object(Bucket=bucket, Key="rec/call-7.wav")

@@ -1,0 +1,124 @@
+"""WAV facts through HTTP: the `audio` answer, the stored `audio` metadata or tag, and --require-wav."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
+from tests.helpers import chunks, form
+from tests.test_wav import sox_file, wave_file
+
+
+def big_wav(size: int) -> bytes:
+    """A streamed-style 8 kHz mono mu-law WAV of ``size`` bytes whose header sizes say 0xFFFFFFFF."""
+    fmt = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
+    header = b"RIFF\xff\xff\xff\xffWAVEfmt " + struct.pack("<I", 16) + fmt + b"data\xff\xff\xff\xff"
+    return header + payload(size - len(header))
+
+
+def stored_audio(s3: Any, bucket: str, key: str) -> str:
+    """The `audio` fact of an object: metadata if written whole, else the tag."""
+    meta = s3.head_object(Bucket=bucket, Key=key)["Metadata"]
+    if "audio" in meta:
+        return str(meta["audio"])
+    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+    return tags["audio"]
+
+
+async def test_sox_mulaw_upload_answers_and_stores_facts(client_for, moto_endpoint, bucket, s3, tmp_path) -> None:
+    """A mu-law recording from sox: `audio` in the answer, the same facts as the object's `audio` metadata."""
+    data = sox_file(tmp_path, "call.wav", "-r", "8000", "-c", "1", "-e", "mu-law", "-b", "8", seconds=2.25)
+    client = await client_for(s3_settings(moto_endpoint, bucket))
+    resp = await client.post("/recordings", data=form([("filename", "call-1"), ("recording", data)]))
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["audio"] == {
+        "format": "mulaw",
+        "channels": 1,
+        "sample_rate": 8000,
+        "bits_per_sample": 8,
+        "duration_seconds": 2.25,
+    }
+    assert stored_audio(s3, bucket, "rec/call-1.wav") == (
+        "format=mulaw channels=1 sample_rate=8000 bits_per_sample=8 duration_seconds=2.25"
+    )
+
+
+@pytest.mark.parametrize("order", ["filename_first", "file_first"])
+async def test_multipart_sized_wav_facts_travel_as_tag_or_metadata(
+    client_for, moto_endpoint, bucket, s3, order
+) -> None:
+    """A WAV of several parts: a tag after a direct multipart upload, metadata after a staged copy."""
+    size = 2 * PART + 1000
+    data = big_wav(size)
+    client = await client_for(s3_settings(moto_endpoint, bucket))
+    fields: list[tuple[str, str | bytes]] = [("filename", "long"), ("recording", data)]
+    if order == "file_first":
+        fields.reverse()
+    resp = await client.post("/recordings", data=form(fields))
+    body = await resp.json()
+    assert resp.status == 200, body
+    seconds = round((size - 44) / 8000, 3)
+    assert body["audio"]["duration_seconds"] == seconds and body["audio"]["format"] == "mulaw"
+    assert stored_audio(s3, bucket, "rec/long.wav").endswith(f"duration_seconds={seconds}")
+    assert objects(s3, bucket)["rec/long.wav"] == data
+
+
+async def test_not_a_wav_is_audio_null(client_for, moto_endpoint, bucket, s3) -> None:
+    """Bytes that are no WAV are stored as they are, with `audio: null` and no `audio` metadata."""
+    client = await client_for(s3_settings(moto_endpoint, bucket))
+    resp = await client.put("/recordings/odd", data=b"ID3\x03" + payload(300), headers={"Content-Type": "audio/mpeg"})
+    body = await resp.json()
+    assert resp.status == 200 and body["audio"] is None
+    assert "audio" not in s3.head_object(Bucket=bucket, Key="rec/odd.wav")["Metadata"]
+
+
+@pytest.mark.parametrize("size", [100, 3 * PART + 5])
+@pytest.mark.parametrize("kind", ["raw", "form"])
+async def test_require_wav_refuses_other_bytes_with_415(client_for, moto_endpoint, bucket, s3, size, kind) -> None:
+    """--require-wav: 415 not_wav as soon as the header is in; nothing stored, no multipart upload left."""
+    client = await client_for(s3_settings(moto_endpoint, bucket, require_wav=True))
+    data = payload(size)
+    if kind == "raw":
+        resp = await client.put("/recordings/x", data=chunks(data), headers={"Content-Type": "audio/wav"})
+    else:
+        resp = await client.post("/recordings", data=form([("filename", "x"), ("recording", data)]))
+    body = await resp.json()
+    assert resp.status == 415, body
+    assert body["error"] == "not_wav" and "RIFF/WAVE" in body["message"]
+    assert objects(s3, bucket) == {} and incomplete_uploads(s3, bucket) == []
+
+
+async def test_require_wav_accepts_wavs_and_refuses_truncated_headers(client_for, moto_endpoint, bucket, s3) -> None:
+    """A real WAV passes --require-wav; a body that ends inside the header does not."""
+    client = await client_for(s3_settings(moto_endpoint, bucket, require_wav=True))
+    good = wave_file(channels=2, frames=400)
+    resp = await client.put("/recordings/good", data=good, headers={"Content-Type": "audio/wav"})
+    assert resp.status == 200 and (await resp.json())["audio"]["channels"] == 2
+    short = await client.put("/recordings/short", data=good[:30], headers={"Content-Type": "audio/wav"})
+    assert short.status == 415 and "ends inside" in (await short.json())["message"]
+    assert set(objects(s3, bucket)) == {"rec/good.wav"}
+
+
+async def test_filesystem_answers_audio_and_refuses_non_wav(client_for, tmp_path: Path) -> None:
+    """The filesystem sink gives the same answer; --require-wav leaves no file, temporary or not."""
+    root = tmp_path / "rec"
+    client = await client_for(fs_settings(root, require_wav=True))
+    data = wave_file(rate=16000, frames=16000)
+    resp = await client.put("/recordings/fs-1", data=data, headers={"Content-Type": "audio/wav"})
+    body = await resp.json()
+    assert resp.status == 200 and body["sha256"] == sha256(data)
+    assert body["audio"] == {
+        "format": "pcm",
+        "channels": 1,
+        "sample_rate": 16000,
+        "bits_per_sample": 16,
+        "duration_seconds": 1.0,
+    }
+    bad = await client.put("/recordings/fs-2", data=payload(2 * PART), headers={"Content-Type": "audio/wav"})
+    assert bad.status == 415
+    assert sorted(p.name for p in root.rglob("*")) == ["fs-1.wav"]
