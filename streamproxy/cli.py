@@ -23,6 +23,7 @@ from .config import (
     DEFAULT_PART_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_PORT,
+    DEFAULT_PRESIGN_EXPIRES,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_S3_MAX_ATTEMPTS,
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -56,6 +57,10 @@ def _flag_bool(text: str) -> bool:
 
 def _types(text: str) -> tuple[str, ...]:
     return tuple(t.strip().lower() for t in text.split(",") if t.strip())
+
+
+def _seconds(text: str) -> int:
+    return round(parse_duration(text))
 
 
 class _Options:
@@ -143,6 +148,8 @@ def _storage_options(options: _Options) -> None:
     options.add("--key-template", str, DEFAULT_KEY_TEMPLATE, "object key below the prefix")
     options.add("--overwrite", _flag_bool, False, "replace an existing object instead of answering 409")
     options.add("--checksum", str, DEFAULT_CHECKSUM, "part checksum sent to S3: md5, crc32, sha256 or none")
+    options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
+    options.add("--presign-expires", _seconds, DEFAULT_PRESIGN_EXPIRES, "lifetime of presigned links (at most 7d)")
     options.add("--s3-ca-bundle", str, None, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)")
 
 

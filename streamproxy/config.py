@@ -48,6 +48,8 @@ DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_UPLOAD_SECONDS = 3600.0
 MIN_TOKEN_CHARS = 16
+URL_MODES = ("object", "presigned", "s3uri")
+DEFAULT_PRESIGN_EXPIRES = 604800  # 7 days, the longest a SigV4 presigned URL may live
 
 S3_MIN_PART_SIZE = 5 * MIB
 S3_MAX_PART_SIZE = 5 * GIB
@@ -162,6 +164,8 @@ class Settings:
     checksum: str = DEFAULT_CHECKSUM
     accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
     require_wav: bool = False
+    url_mode: str = "object"
+    presign_expires: int = DEFAULT_PRESIGN_EXPIRES
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
@@ -226,6 +230,14 @@ class Settings:
             KeyTemplate(self.key_template)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.url_mode not in URL_MODES:
+            raise ConfigError(f"--url-mode {self.url_mode!r}: choose one of {', '.join(URL_MODES)}")
+        if self.url_mode != "object" and self.storage.scheme != "s3":
+            raise ConfigError(f"--url-mode {self.url_mode} needs s3:// storage (the filesystem answers file:// URLs)")
+        if not 1 <= self.presign_expires <= DEFAULT_PRESIGN_EXPIRES:
+            raise ConfigError(
+                f"--presign-expires {self.presign_expires}: SigV4 links live 1 to {DEFAULT_PRESIGN_EXPIRES} seconds"
+            )
         if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
             raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
         self._validate_security()

@@ -107,6 +107,8 @@ def build_sink(settings: Settings) -> Sink:
                 checksum=settings.checksum,
                 max_attempts=settings.s3_max_attempts,
                 ca_bundle=settings.s3_ca_bundle,
+                url_mode=settings.url_mode,
+                presign_expires=settings.presign_expires,
                 # every buffer in the budget may be on the wire at once, plus room for control calls
                 max_pool_connections=capacity + 8,
             )

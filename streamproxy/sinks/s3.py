@@ -96,6 +96,8 @@ class S3Options:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     ca_bundle: str | None = None  # PEM file of CAs to trust; certificates are verified either way
+    url_mode: str = "object"
+    presign_expires: int = 604800
 
 
 def map_error(operation: str, exc: BaseException) -> Exception:
@@ -208,6 +210,7 @@ class S3Sink:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path" if o.endpoint_url else "auto"},
+            signature_version="s3v4",  # presigned links too: SigV2 links are refused in most regions
         )
         _zero_copy_writes()
         session = get_session()
@@ -236,6 +239,22 @@ class S3Sink:
         if "." in self.options.bucket:  # a dotted bucket breaks the TLS wildcard of virtual-hosted names
             return f"https://s3.{self.region}.amazonaws.com/{self.options.bucket}/{quoted}"
         return f"https://{self.options.bucket}.s3.{self.region}.amazonaws.com/{quoted}"
+
+    async def url_for(self, key: str) -> str:
+        """Return the URL the answer carries for ``key``, as ``url_mode`` asks."""
+        if self.options.url_mode == "presigned":
+            # Signing is local (no request), with the client's current credentials; the link
+            # stops working when they expire, whichever comes first.
+            return str(
+                await self._client.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": self.options.bucket, "Key": key},
+                    ExpiresIn=self.options.presign_expires,
+                )
+            )
+        if self.options.url_mode == "s3uri":
+            return f"s3://{self.options.bucket}/{key}"
+        return self.object_url(key)
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """Call one S3 operation (botocore retries inside); raise only the error tree."""
@@ -459,7 +478,7 @@ class S3Writer:
         self._finished = True
         return Stored(
             key=final_key,
-            url=self._sink.object_url(final_key),
+            url=await self._sink.url_for(final_key),
             bucket=self._o.bucket,
             parts=etag_parts,
         )
