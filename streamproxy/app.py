@@ -68,6 +68,7 @@ def make_app(
         accept_types=settings.accept_types,
         max_upload_seconds=settings.max_upload_seconds,
         require_wav=settings.require_wav,
+        tag_fields=settings.tag_fields,
     )
     app[GUARDS] = Guards()
 

@@ -63,6 +63,21 @@ def _seconds(text: str) -> int:
     return round(parse_duration(text))
 
 
+def _repeated(convert: Callable[[str], Any]) -> Callable[[str | list[str]], tuple[Any, ...]]:
+    def each(raw: str | list[str]) -> tuple[Any, ...]:
+        items = raw if isinstance(raw, list) else [item for item in raw.split(",") if item.strip()]
+        return tuple(convert(item.strip()) for item in items)
+
+    return each
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, value = text.partition("=")[::2]
+    if "=" not in text:
+        raise ConfigError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 class _Options:
     """Adds flags whose defaults come from ``STREAMPROXY_<FLAG>``, converting both the same way."""
 
@@ -71,11 +86,25 @@ class _Options:
         self.converters: dict[str, tuple[str, Callable[[str], Any]]] = {}
         self.lists: dict[str, tuple[str, str]] = {}
 
-    def add(self, flag: str, convert: Callable[[str], Any], default: Any, help: str) -> None:
-        dest = flag.lstrip("-").replace("-", "_")
+    def add(
+        self,
+        flag: str,
+        convert: Callable[[str], Any],
+        default: Any,
+        help: str,
+        *,
+        repeat: bool = False,
+        dest: str | None = None,
+    ) -> None:
+        """Add a flag; ``repeat``: it may be given several times (in the environment, comma-separated)."""
+        dest = dest or flag.lstrip("-").replace("-", "_")
         env = _env_name(flag)
-        self.converters[dest] = (flag, convert)
-        if convert is _flag_bool:
+        self.converters[dest] = (flag, _repeated(convert) if repeat else convert)
+        if repeat:
+            self.parser.add_argument(
+                flag, dest=dest, action="append", default=None, metavar=dest.upper(), help=f"{help} (env {env})"
+            )
+        elif convert is _flag_bool:
             self.parser.add_argument(
                 flag, dest=dest, action="store_const", const="true", default=None, help=f"{help} (env {env})"
             )
@@ -148,6 +177,16 @@ def _storage_options(options: _Options) -> None:
     options.add("--key-template", str, DEFAULT_KEY_TEMPLATE, "object key below the prefix")
     options.add("--overwrite", _flag_bool, False, "replace an existing object instead of answering 409")
     options.add("--checksum", str, DEFAULT_CHECKSUM, "part checksum sent to S3: md5, crc32, sha256 or none")
+    options.add("--sse", str, None, "server-side encryption: AES256 or aws:kms")
+    options.add("--sse-kms-key-id", str, None, "KMS key for --sse aws:kms (default: the account's aws/s3 key)")
+    options.add("--storage-class", str, None, "S3 storage class of recordings (default: the bucket's)")
+    options.add("--object-lock-mode", str, None, "Object Lock retention: GOVERNANCE or COMPLIANCE")
+    options.add("--object-lock-days", int, None, "days each recording is retained under --object-lock-mode")
+    options.add("--object-lock-legal-hold", _flag_bool, False, "put a legal hold on every recording")
+    options.add("--tag", _tag, (), "object tag KEY=VALUE (repeatable)", repeat=True, dest="tags")
+    options.add(
+        "--tag-field", str, (), "text field whose value becomes a tag (repeatable)", repeat=True, dest="tag_fields"
+    )
     options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
     options.add("--presign-expires", _seconds, DEFAULT_PRESIGN_EXPIRES, "lifetime of presigned links (at most 7d)")
     options.add("--s3-ca-bundle", str, None, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)")

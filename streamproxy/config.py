@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .keys import KeyTemplate
+from .tags import MAX_CONFIGURED_TAGS, RESERVED_TAGS, parse_tag, sanitize_tag_key
 
 __all__ = [
     "DEFAULT_HOST",
@@ -49,6 +50,21 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_UPLOAD_SECONDS = 3600.0
 MIN_TOKEN_CHARS = 16
 URL_MODES = ("object", "presigned", "s3uri")
+SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+STORAGE_CLASSES = (
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "EXPRESS_ONEZONE",
+)
+OBJECT_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+MAX_OBJECT_LOCK_DAYS = 36500
 DEFAULT_PRESIGN_EXPIRES = 604800  # 7 days, the longest a SigV4 presigned URL may live
 
 S3_MIN_PART_SIZE = 5 * MIB
@@ -166,6 +182,14 @@ class Settings:
     require_wav: bool = False
     url_mode: str = "object"
     presign_expires: int = DEFAULT_PRESIGN_EXPIRES
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+    object_lock_mode: str | None = None
+    object_lock_days: int | None = None
+    object_lock_legal_hold: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
+    tag_fields: tuple[str, ...] = ()
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
@@ -238,6 +262,7 @@ class Settings:
             raise ConfigError(
                 f"--presign-expires {self.presign_expires}: SigV4 links live 1 to {DEFAULT_PRESIGN_EXPIRES} seconds"
             )
+        self._validate_storage_options()
         if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
             raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
         self._validate_security()
@@ -279,6 +304,48 @@ class Settings:
         """Every valid token: ``--auth-token`` values, then the lines of ``--auth-token-file``."""
         from_file = read_token_file(self.auth_token_file) if self.auth_token_file else ()
         return self.auth_tokens + from_file
+
+    def _validate_storage_options(self) -> None:
+        if self.sse is not None and self.sse not in SSE_MODES:
+            raise ConfigError(f"--sse {self.sse!r}: choose one of {', '.join(SSE_MODES)}")
+        if self.sse_kms_key_id and not (self.sse or "").startswith("aws:kms"):
+            raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
+        if self.storage_class is not None and self.storage_class not in STORAGE_CLASSES:
+            raise ConfigError(f"--storage-class {self.storage_class!r}: choose one of {', '.join(STORAGE_CLASSES)}")
+        if self.object_lock_mode is not None and self.object_lock_mode not in OBJECT_LOCK_MODES:
+            raise ConfigError(f"--object-lock-mode {self.object_lock_mode!r}: choose GOVERNANCE or COMPLIANCE")
+        if (self.object_lock_mode is None) != (self.object_lock_days is None):
+            raise ConfigError("--object-lock-mode and --object-lock-days go together")
+        if self.object_lock_days is not None and not 1 <= self.object_lock_days <= MAX_OBJECT_LOCK_DAYS:
+            raise ConfigError(f"--object-lock-days {self.object_lock_days}: give 1 to {MAX_OBJECT_LOCK_DAYS} days")
+        if (self.object_lock_mode or self.object_lock_legal_hold) and self.checksum == "none":
+            raise ConfigError("--checksum none: S3 requires a checksum on writes under Object Lock")
+        for key, value in self.tags:
+            try:
+                parse_tag(f"{key}={value}")
+            except ValueError as exc:
+                raise ConfigError(f"--tag {exc}") from None
+        for name in self.tag_fields:
+            if not name or sanitize_tag_key(name) != name or name in RESERVED_TAGS:
+                raise ConfigError(f"--tag-field {name!r}: not usable as a tag key (or reserved)")
+        tag_keys = {key for key, _ in self.tags} | set(self.tag_fields)
+        if len(tag_keys) > MAX_CONFIGURED_TAGS:
+            raise ConfigError(
+                f"--tag/--tag-field: {len(tag_keys)} tags; S3 allows 10 and streamproxy writes "
+                f"{', '.join(RESERVED_TAGS)}, so at most {MAX_CONFIGURED_TAGS}"
+            )
+        if self.storage.scheme != "s3":
+            s3_only: dict[str, object] = {
+                "--sse": self.sse,
+                "--storage-class": self.storage_class,
+                "--object-lock-mode": self.object_lock_mode,
+                "--object-lock-legal-hold": self.object_lock_legal_hold,
+                "--tag": self.tags,
+                "--tag-field": self.tag_fields,
+            }
+            for flag, given in s3_only.items():
+                if given:
+                    raise ConfigError(f"{flag} applies to s3:// storage only")
 
     @property
     def endpoint_url(self) -> str | None:

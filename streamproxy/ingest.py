@@ -29,6 +29,7 @@ from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMedi
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
 from .parts import BufferPool, PartBuffer
 from .sinks import Sink, Stored, Writer
+from .tags import sanitize_tag_key, sanitize_tag_value
 from .wav import WavInfo, WavProbe
 
 __all__ = [
@@ -217,6 +218,7 @@ class Ingest:
         accept_types: tuple[str, ...],
         max_upload_seconds: float | None = None,
         require_wav: bool = False,
+        tag_fields: tuple[str, ...] = (),
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -228,6 +230,7 @@ class Ingest:
         self.accept_types = accept_types
         self.max_upload_seconds = max_upload_seconds
         self.require_wav = require_wav
+        self.tag_fields = tag_fields
         # "upload.wav" tells which type to store when the client sends application/octet-stream.
         suffix = "." + key_template.rsplit(".", 1)[-1].lower() if "." in key_template else ""
         self._default_type = _SUFFIX_TYPES.get(suffix, "application/octet-stream")
@@ -249,6 +252,10 @@ class Ingest:
             raise UnsupportedMediaType(
                 f"recording content type {declared!r} is not accepted (accepted: {', '.join(self.accept_types)})"
             )
+
+    def tags_for(self, fields: Mapping[str, str]) -> dict[str, str]:
+        """Return the object tags the ``--tag-field`` fields give (sanitized to S3's tag rules)."""
+        return {sanitize_tag_key(n): sanitize_tag_value(fields[n]) for n in self.tag_fields if n in fields}
 
     def _deadline(self) -> _Deadline | None:
         if self.max_upload_seconds is None:
@@ -277,10 +284,12 @@ class Ingest:
         fields = {"filename": check_filename(filename)}
         key = self.key_for(filename, fields)
         stored_type = self.stored_type(content_type)
-        writer = await self.sink.open(key, content_type=stored_type, metadata=sanitize_metadata(fields))
+        writer = await self.sink.open(
+            key, content_type=stored_type, metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+        )
         try:
             received = await self._stream(writer, read, deadline)
-            stored = await writer.complete(metadata=_facts(received))
+            stored = await writer.complete(metadata=_facts(received), tags=self.tags_for(fields))
         except BaseException:
             await writer.abort()
             raise
@@ -332,7 +341,9 @@ class Ingest:
                             )
                         staged = True
                     stored_type = self.stored_type(declared)
-                    writer = await self.sink.open(key, content_type=stored_type, metadata=sanitize_metadata(fields))
+                    writer = await self.sink.open(
+                        key, content_type=stored_type, metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+                    )
                     received = await self._stream(writer, _chunk_reader(part), deadline)
                 elif part.filename is not None:
                     raise BadRequest(
@@ -356,12 +367,15 @@ class Ingest:
             if "filename" not in fields:
                 raise BadRequest("the text field 'filename' is missing", code="missing_field")
             facts = _facts(received)
+            tags = self.tags_for(fields)
             if staged:
                 stored = await writer.complete(
-                    key=self.key_for(fields["filename"], fields), metadata={**sanitize_metadata(fields), **facts}
+                    key=self.key_for(fields["filename"], fields),
+                    metadata={**sanitize_metadata(fields), **facts},
+                    tags=tags,
                 )
             else:
-                stored = await writer.complete(metadata=facts)
+                stored = await writer.complete(metadata=facts, tags=tags)
         except BaseException:
             if writer is not None:
                 await writer.abort()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,7 +33,9 @@ async def test_presigned_link_opens_with_curl(client_for, moto_endpoint, bucket)
     assert query["X-Amz-Signature"][0]
     curl = shutil.which("curl")
     assert curl is not None, "curl is required"
-    out = subprocess.run([curl, "-sf", url], capture_output=True, check=True, timeout=30).stdout
+    proc = await asyncio.create_subprocess_exec(curl, "-sf", url, stdout=subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
     assert out == data and body["sha256"] == sha256(out)
 
 

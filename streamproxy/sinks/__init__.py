@@ -60,8 +60,17 @@ class Writer(Protocol):
         while it waits for more (see ``streamproxy.parts`` on why the budget cannot deadlock).
         """
 
-    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
-        """Make the object appear whole, or abort and raise."""
+    async def complete(
+        self,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Stored:
+        """Make the object appear whole, or abort and raise.
+
+        ``tags`` are object tags for stores that have them (S3); others ignore them.
+        """
 
     async def abort(self) -> None:
         """Remove every trace of this upload. Idempotent."""
@@ -75,8 +84,18 @@ class Sink(Protocol):
     async def start(self) -> None:
         """Acquire long-lived resources (the S3 client and its connection pool)."""
 
-    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> Writer:
-        """Start an upload to ``key`` (``None``: the name comes at ``complete``)."""
+    async def open(
+        self,
+        key: str | None,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ) -> Writer:
+        """Start an upload to ``key`` (``None``: the name comes at ``complete``).
+
+        ``tags`` are the object tags known so far; ``complete`` may add more.
+        """
 
     async def close(self) -> None:
         """Release connections and other resources."""
@@ -109,6 +128,13 @@ def build_sink(settings: Settings) -> Sink:
                 ca_bundle=settings.s3_ca_bundle,
                 url_mode=settings.url_mode,
                 presign_expires=settings.presign_expires,
+                sse=settings.sse,
+                sse_kms_key_id=settings.sse_kms_key_id,
+                storage_class=settings.storage_class,
+                object_lock_mode=settings.object_lock_mode,
+                object_lock_days=settings.object_lock_days,
+                object_lock_legal_hold=settings.object_lock_legal_hold,
+                tags=settings.tags,
                 # every buffer in the budget may be on the wire at once, plus room for control calls
                 max_pool_connections=capacity + 8,
             )

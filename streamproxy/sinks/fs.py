@@ -59,7 +59,14 @@ class FileSink:
             raise BadRequest(f"the key {key!r} would leave the storage directory", code="invalid_key")
         return path
 
-    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> FileWriter:
+    async def open(
+        self,
+        key: str | None,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ) -> FileWriter:
         """Create the temporary file next to where the recording will land."""
         directory = self.path_for(key).parent if key is not None else self.root
         temp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -152,8 +159,14 @@ class FileWriter:
             except OSError as exc:
                 raise _storage_error("write the recording", exc) from None
 
-    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
-        """Flush, fsync and link the file into place; abort and raise on any failure."""
+    async def complete(
+        self,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Stored:
+        """Flush, fsync and link the file into place; abort and raise on any failure (files have no tags)."""
         key = key or self._key
         try:
             if key is None:

@@ -19,6 +19,7 @@ class MemoryObject:
     data: bytes
     content_type: str
     metadata: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class MemorySink:
@@ -47,7 +48,14 @@ class MemorySink:
         """Nothing outlives an upload here: unfinished uploads were never in ``objects``."""
         return []
 
-    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> MemoryWriter:
+    async def open(
+        self,
+        key: str | None,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ) -> MemoryWriter:
         """Start an upload."""
         return MemoryWriter(self, key, content_type, dict(metadata))
 
@@ -70,7 +78,13 @@ class MemoryWriter:
         finally:
             part.release()
 
-    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
+    async def complete(
+        self,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Stored:
         """Store the object under its key, refusing to replace one unless overwriting."""
         key = key or self._key
         if key is None:
@@ -80,7 +94,7 @@ class MemoryWriter:
             await self.abort()
             raise KeyExists(f"{key!r} already exists")
         self._sink.objects[key] = MemoryObject(
-            b"".join(self._chunks), self._content_type, {**self._metadata, **(metadata or {})}
+            b"".join(self._chunks), self._content_type, {**self._metadata, **(metadata or {})}, dict(tags or {})
         )
         self._chunks = []
         self._done = True

@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -62,6 +62,7 @@ from botocore.exceptions import (
 
 from ..errors import BadRequest, KeyExists, StorageError, StorageFailed, StorageTimeout, StorageUnavailable
 from ..parts import PartBuffer
+from ..tags import encode_tagging, merge_tags
 from . import Stored, SweepItem
 
 __all__ = ["STAGING_DIR", "UPLOAD_ID_META", "S3Options", "S3Sink", "S3Writer"]
@@ -98,6 +99,41 @@ class S3Options:
     ca_bundle: str | None = None  # PEM file of CAs to trust; certificates are verified either way
     url_mode: str = "object"
     presign_expires: int = 604800
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+    object_lock_mode: str | None = None
+    object_lock_days: int | None = None
+    object_lock_legal_hold: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def encryption_args(self) -> dict[str, str]:
+        """Server-side encryption arguments: every object streamproxy writes gets them, staging included."""
+        args: dict[str, str] = {}
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+        if self.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.sse_kms_key_id
+        return args
+
+    def object_args(self, tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Arguments for a final object: encryption, storage class, retention, legal hold and tags.
+
+        Staging objects get only the encryption: they are deleted after the copy, which a
+        retention period would forbid.
+        """
+        args: dict[str, Any] = self.encryption_args()
+        if self.storage_class:
+            args["StorageClass"] = self.storage_class
+        if self.object_lock_mode and self.object_lock_days:
+            args["ObjectLockMode"] = self.object_lock_mode
+            args["ObjectLockRetainUntilDate"] = datetime.now(UTC) + timedelta(days=self.object_lock_days)
+        if self.object_lock_legal_hold:
+            args["ObjectLockLegalHoldStatus"] = "ON"
+        merged = merge_tags(dict(self.tags), tags or {})
+        if merged:
+            args["Tagging"] = encode_tagging(merged.items())
+        return args
 
 
 def map_error(operation: str, exc: BaseException) -> Exception:
@@ -287,9 +323,16 @@ class S3Sink:
         if not lock.locked() and not lock._waiters and self._key_locks.get(key) is lock:
             del self._key_locks[key]
 
-    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> S3Writer:
+    async def open(
+        self,
+        key: str | None,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ) -> S3Writer:
         """Start an upload; nothing is sent to S3 until the first part is full or the upload completes."""
-        return S3Writer(self, key, content_type, metadata)
+        return S3Writer(self, key, content_type, metadata, tags or {})
 
     async def is_ours(self, key: str, token: str) -> bool:
         """Whether ``key`` exists and was written by the upload that carries ``token``."""
@@ -374,7 +417,14 @@ def _snake(operation: str) -> str:
 class S3Writer:
     """One upload into S3; see the module docstring for the sequence of calls."""
 
-    def __init__(self, sink: S3Sink, key: str | None, content_type: str, metadata: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        sink: S3Sink,
+        key: str | None,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str],
+    ) -> None:
         self._sink = sink
         self._o = sink.options
         self._token = uuid.uuid4().hex
@@ -383,6 +433,7 @@ class S3Writer:
         self._key = key if key is not None else f"{self._o.prefix}{STAGING_DIR}{self._token}"
         self._content_type = content_type
         self._metadata = {**metadata, UPLOAD_ID_META: self._token}
+        self._early_tags = dict(tags)  # tags known at open: a direct multipart upload starts with them
         self._single: PartBuffer | None = None
         self._upload_id: str | None = None
         self._copy_upload_id: str | None = None
@@ -414,6 +465,7 @@ class S3Writer:
                     ContentType=self._content_type,
                     Metadata=self._metadata,
                     **_multipart_checksum_algorithm(self._o.checksum),
+                    **(self._o.encryption_args() if self._staged else self._o.object_args(self._early_tags)),
                 )
             except BaseException:
                 part.release()
@@ -454,24 +506,35 @@ class S3Writer:
             part.release()
             self._slots.release()
 
-    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
-        """Finish the upload (single PUT, multipart complete, or staged copy); abort and raise on failure."""
+    async def complete(
+        self,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Stored:
+        """Finish the upload (single PUT, multipart complete, or staged copy); abort and raise on failure.
+
+        ``tags`` are added to the configured ones; after a direct multipart upload, whose
+        metadata was fixed at its start, ``metadata`` joins them as tags too.
+        """
         final_key = key or self._final_key
         extra = dict(metadata or {})
+        request_tags = dict(tags or {})
         try:
             if final_key is None:
                 raise BadRequest("no key for the upload", code="missing_field")
             if self._upload_id is None:
-                await self._put_single(extra, conditional=not self._staged)
+                await self._put_single(extra, request_tags, conditional=not self._staged)
                 etag_parts = 1
             else:
                 await self._complete_multipart()
                 etag_parts = len(self._parts)
             if self._staged:
                 self._staging_written = True
-                await self._move(final_key, extra)
-            elif etag_parts > 1 and extra:
-                await self._tag(final_key, extra)
+                await self._move(final_key, extra, request_tags)
+            elif etag_parts > 1 and (extra or request_tags):
+                await self._tag(final_key, merge_tags(dict(self._o.tags), request_tags, extra))
         except BaseException:
             await self.abort()
             raise
@@ -483,7 +546,7 @@ class S3Writer:
             parts=etag_parts,
         )
 
-    async def _put_single(self, extra: Mapping[str, str], *, conditional: bool) -> None:
+    async def _put_single(self, extra: Mapping[str, str], tags: Mapping[str, str], *, conditional: bool) -> None:
         single, self._single = self._single, None
         try:
             body = single.view if single is not None else memoryview(b"")
@@ -495,6 +558,7 @@ class S3Writer:
                 ContentType=self._content_type,
                 Metadata={**self._metadata, **extra},
                 **checksum,
+                **(self._o.encryption_args() if self._staged else self._o.object_args(tags)),
             )
             await self._final_write("PutObject", self._key, kwargs, conditional=conditional)
         finally:
@@ -537,7 +601,7 @@ class S3Writer:
         finally:
             self._sink.release_key_lock(key, lock)
 
-    async def _move(self, final_key: str, extra: Mapping[str, str]) -> None:
+    async def _move(self, final_key: str, extra: Mapping[str, str], tags: Mapping[str, str]) -> None:
         """Copy the staging object to its final key server-side, then delete the staging object."""
         create = await self._sink.call(
             "CreateMultipartUpload",
@@ -545,6 +609,7 @@ class S3Writer:
             Key=final_key,
             ContentType=self._content_type,
             Metadata={**self._metadata, **extra},
+            **self._o.object_args(tags),
         )
         self._copy_key, self._copy_upload_id = final_key, create["UploadId"]
         source = {"Bucket": self._o.bucket, "Key": self._key}
@@ -578,7 +643,8 @@ class S3Writer:
 
     async def _tag(self, key: str, extra: Mapping[str, str]) -> None:
         # The object is stored at this point: a failed tag is worth a warning, not a failed upload.
-        tags = [{"Key": k, "Value": v} for k, v in extra.items()][:10]
+        # PutObjectTagging replaces the whole set, so ``extra`` is the merged set (at most 10).
+        tags = [{"Key": k, "Value": v} for k, v in extra.items()]
         try:
             await self._sink.call("PutObjectTagging", Bucket=self._o.bucket, Key=key, Tagging={"TagSet": tags})
         except (StorageError, KeyExists) as exc:
