@@ -14,6 +14,10 @@ from tests.helpers import form
 TEMPLATE = "{field:call_id}/{date:%Y/%m/%d}/{filename}-{uuid}.wav"
 
 
+def _wav_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.wav"))
+
+
 def _days() -> set[str]:
     return {datetime.now(UTC).strftime("%Y/%m/%d")}
 
@@ -79,6 +83,6 @@ async def test_templates_on_the_filesystem(client_for, tmp_path: Path) -> None:
         resp = await client.post("/recordings", data=form([("call_id", "c9"), ("filename", name), ("recording", b"x")]))
         assert resp.status == 200, await resp.text()
     months.add(datetime.now(UTC).strftime("%Y-%m"))
-    stored = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.wav"))
+    stored = _wav_files(tmp_path)
     assert len(stored) == 2 and all(re.fullmatch(r"c9/\d{4}-\d{2}/(one|two)\.wav", k) for k in stored)
     assert {k.split("/")[1] for k in stored} <= months
