@@ -69,6 +69,7 @@ def make_app(
         max_upload_seconds=settings.max_upload_seconds,
         require_wav=settings.require_wav,
         tag_fields=settings.tag_fields,
+        manifest=settings.manifest,
     )
     app[GUARDS] = Guards()
 

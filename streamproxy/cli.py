@@ -187,6 +187,7 @@ def _storage_options(options: _Options) -> None:
     options.add(
         "--tag-field", str, (), "text field whose value becomes a tag (repeatable)", repeat=True, dest="tag_fields"
     )
+    options.add("--manifest", _flag_bool, False, "write <key>.json with the upload's facts beside each recording")
     options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
     options.add("--presign-expires", _seconds, DEFAULT_PRESIGN_EXPIRES, "lifetime of presigned links (at most 7d)")
     options.add("--s3-ca-bundle", str, None, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)")

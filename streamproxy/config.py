@@ -190,6 +190,7 @@ class Settings:
     object_lock_legal_hold: bool = False
     tags: tuple[tuple[str, str], ...] = ()
     tag_fields: tuple[str, ...] = ()
+    manifest: bool = False
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT

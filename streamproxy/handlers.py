@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -19,6 +20,7 @@ from .auth import check_request
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
+from .manifest import RequestInfo, write_manifest
 
 __all__ = [
     "Admission",
@@ -279,15 +281,20 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
     started = time.monotonic()
     stats = UploadStats()
     token = CURRENT_UPLOAD.set(stats)
+    received_at = datetime.now(UTC)
     outcome = "failure"
     cancelled = ""
     upload: Upload | None = None
     error: StreamproxyError | None = None
     admission = request.app[ADMISSION]
+    ingest = request.app[INGEST]
+    manifest: str | None = None
     try:
         _precheck(request)
         with admission:
             upload = await work()
+            if ingest.manifest:
+                manifest = await write_manifest(ingest, upload, _request_info(request, received_at))
         outcome = "success"
     except StreamproxyError as exc:
         error = exc
@@ -319,4 +326,16 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
     }
     if upload.stored.bucket is not None:
         body["bucket"] = upload.stored.bucket
+    if ingest.manifest:
+        body["manifest"] = manifest
     return web.json_response(body)
+
+
+def _request_info(request: web.Request, received_at: datetime) -> RequestInfo:
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return RequestInfo(
+        client=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+        request_id=str(request_id) if request_id else None,
+        received_at=received_at,
+    )

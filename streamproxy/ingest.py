@@ -219,6 +219,7 @@ class Ingest:
         max_upload_seconds: float | None = None,
         require_wav: bool = False,
         tag_fields: tuple[str, ...] = (),
+        manifest: bool = False,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -231,6 +232,8 @@ class Ingest:
         self.max_upload_seconds = max_upload_seconds
         self.require_wav = require_wav
         self.tag_fields = tag_fields
+        self.manifest = manifest
+        self.manifest_failures = 0  # manifests not written although their recording was stored
         # "upload.wav" tells which type to store when the client sends application/octet-stream.
         suffix = "." + key_template.rsplit(".", 1)[-1].lower() if "." in key_template else ""
         self._default_type = _SUFFIX_TYPES.get(suffix, "application/octet-stream")

@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from streamproxy.app import make_app
 from streamproxy.config import MIB, Settings, StorageURI
 from streamproxy.sinks import Sink
+from tests.s3_recorder import S3Recorder
 
 PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
 
@@ -60,6 +61,23 @@ def bucket(s3: Any) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def locked_bucket(s3: Any) -> str:
+    """A bucket created with Object Lock enabled (which also turns versioning on)."""
+    name = f"lock-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+@pytest.fixture
+async def recorder(aiohttp_server: Callable[..., Any], moto_endpoint: str) -> S3Recorder:
+    """A recording proxy in front of moto; point the sink's endpoint at ``recorder.endpoint``."""
+    proxy = S3Recorder(moto_endpoint)
+    server = await aiohttp_server(proxy.app())
+    proxy.endpoint = str(server.make_url("")).rstrip("/")
+    return proxy
 
 
 def sha256(data: bytes) -> str:

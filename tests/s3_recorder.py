@@ -54,6 +54,7 @@ class S3Recorder:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.calls: list[Call] = []
+        self.endpoint = ""  # where the proxy listens, once started
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -14,7 +13,6 @@ from streamproxy.config import ConfigError
 from streamproxy.tags import merge_tags, parse_tag, sanitize_tag_key, sanitize_tag_value
 from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
 from tests.helpers import form
-from tests.s3_recorder import S3Recorder
 from tests.test_wav_http import big_wav
 
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/0b7a-test"
@@ -24,23 +22,6 @@ PATHS = {
     "staged_small": (100, "file_first"),
     "staged_multipart": (2 * PART + 7, "file_first"),
 }
-
-
-@pytest.fixture
-def locked_bucket(s3: Any) -> str:
-    """A bucket created with Object Lock enabled (which also turns versioning on)."""
-    name = f"lock-{uuid.uuid4().hex[:16]}"
-    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
-@pytest.fixture
-async def recorder(aiohttp_server, moto_endpoint: str) -> S3Recorder:
-    """A recording proxy in front of moto; point the sink's endpoint at ``recorder.endpoint``."""
-    proxy = S3Recorder(moto_endpoint)
-    server = await aiohttp_server(proxy.app())
-    proxy.endpoint = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return proxy
 
 
 async def _upload(client: Any, size: int, order: str, call_id: str = "C-1/2 x") -> dict[str, Any]:
