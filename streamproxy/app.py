@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -12,7 +13,9 @@ from .config import Settings
 from .handlers import (
     ADMISSION,
     INGEST,
+    ROUTE_INGESTS,
     Admission,
+    RouteIngests,
     error_middleware,
     expect_handler,
     guard_middleware,
@@ -25,6 +28,7 @@ from .lifecycle import READINESS, Readiness, readyz
 from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
 from .openapi import serve_openapi
 from .parts import BufferPool
+from .routes import route_settings
 from .sinks import Sink, build_sink
 
 __all__ = ["POOL", "SINK", "make_app"]
@@ -57,7 +61,47 @@ def make_app(
     app[ADMISSION] = admission
     app[METRICS] = metrics
     app[READINESS] = Readiness(sink, admission, metrics)
-    app[INGEST] = Ingest(
+    app[INGEST] = _ingest(settings, sink, pool, metrics)
+    app[GUARDS] = Guards()
+    sinks = [sink]
+    app[ROUTE_INGESTS] = RouteIngests()
+    for route in settings.routes:
+        own = route_settings(settings, route)
+        route_sink = build_sink(own)
+        if hasattr(route_sink, "observe"):
+            route_sink.observe = metrics.observe_s3
+        sinks.append(route_sink)
+        ingest = _ingest(own, route_sink, pool, metrics)
+        for added in (
+            app.router.add_post(route.path, post_recording, expect_handler=expect_handler),
+            app.router.add_put(route.path + "/{filename}", put_recording, expect_handler=expect_handler),
+        ):
+            app[ROUTE_INGESTS].add(added, ingest)
+
+    async def sink_lifetime(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for each in sinks:
+                await each.start()
+                stack.push_async_callback(each.close)
+            yield
+
+    app.cleanup_ctx.append(sink_lifetime)
+    guard = Guard.from_settings(settings)
+    for default in (
+        app.router.add_post("/recordings", post_recording, expect_handler=expect_handler),
+        app.router.add_put("/recordings/{filename}", put_recording, expect_handler=expect_handler),
+    ):
+        app[GUARDS].protect(default, guard)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", serve_openapi)
+    return app
+
+
+def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) -> Ingest:
+    """Build the ingest of one upload route; the buffer budget and the metrics are shared by all routes."""
+    return Ingest(
         InstrumentedSink(sink, metrics),
         pool,
         prefix=settings.storage.prefix,
@@ -71,22 +115,3 @@ def make_app(
         tag_fields=settings.tag_fields,
         manifest=settings.manifest,
     )
-    app[GUARDS] = Guards()
-
-    async def sink_lifetime(app: web.Application) -> AsyncIterator[None]:
-        await sink.start()
-        yield
-        await sink.close()
-
-    app.cleanup_ctx.append(sink_lifetime)
-    guard = Guard.from_settings(settings)
-    for route in (
-        app.router.add_post("/recordings", post_recording, expect_handler=expect_handler),
-        app.router.add_put("/recordings/{filename}", put_recording, expect_handler=expect_handler),
-    ):
-        app[GUARDS].protect(route, guard)
-    app.router.add_get("/healthz", health)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/openapi.json", serve_openapi)
-    return app

@@ -36,6 +36,7 @@ from .config import (
 )
 from .errors import StorageError
 from .log import configure_logging
+from .routes import load_routes
 
 __all__ = ["main", "settings_from_args"]
 
@@ -187,6 +188,7 @@ def _storage_options(options: _Options) -> None:
     options.add(
         "--tag-field", str, (), "text field whose value becomes a tag (repeatable)", repeat=True, dest="tag_fields"
     )
+    options.add("--config", load_routes, (), "TOML file of [[route]] tables: more upload paths", dest="routes")
     options.add("--manifest", _flag_bool, False, "write <key>.json with the upload's facts beside each recording")
     options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
     options.add("--presign-expires", _seconds, DEFAULT_PRESIGN_EXPIRES, "lifetime of presigned links (at most 7d)")

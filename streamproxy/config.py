@@ -7,10 +7,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .keys import KeyTemplate
 from .tags import MAX_CONFIGURED_TAGS, RESERVED_TAGS, parse_tag, sanitize_tag_key
+
+if TYPE_CHECKING:
+    from .routes import Route
 
 __all__ = [
     "DEFAULT_HOST",
@@ -191,6 +195,7 @@ class Settings:
     tags: tuple[tuple[str, str], ...] = ()
     tag_fields: tuple[str, ...] = ()
     manifest: bool = False
+    routes: tuple[Route, ...] = ()
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
@@ -264,6 +269,11 @@ class Settings:
                 f"--presign-expires {self.presign_expires}: SigV4 links live 1 to {DEFAULT_PRESIGN_EXPIRES} seconds"
             )
         self._validate_storage_options()
+        if self.routes:
+            from .routes import route_settings
+
+            for route in self.routes:
+                route_settings(self, route)  # raises with the file, the route and the key named
         if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
             raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
         self._validate_security()

@@ -9,24 +9,27 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.web_urldispatcher import _default_expect_handler
+from aiohttp.web_urldispatcher import AbstractRoute, _default_expect_handler
 
 from .auth import check_request
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
-from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
 from .manifest import RequestInfo, write_manifest
+from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
 
 __all__ = [
+    "ROUTE_INGESTS",
     "Admission",
+    "RouteIngests",
     "error_middleware",
     "expect_handler",
     "guard_middleware",
+    "ingest_for",
     "health",
     "post_recording",
     "put_recording",
@@ -37,6 +40,31 @@ log = structlog.get_logger("streamproxy.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 INGEST = web.AppKey("ingest", Ingest)
+
+
+class RouteIngests:
+    """The ingest of each upload route that is not the default one (``--config`` routes)."""
+
+    def __init__(self) -> None:
+        self._by_route: dict[AbstractRoute, Ingest] = {}
+
+    def add(self, route: AbstractRoute, ingest: Ingest) -> None:
+        """Serve ``route`` with ``ingest`` (its storage, key template, options)."""
+        self._by_route[route] = ingest
+
+    def get(self, route: AbstractRoute) -> Ingest | None:
+        """Return the ingest of ``route``, if it has its own."""
+        return self._by_route.get(route)
+
+
+ROUTE_INGESTS = web.AppKey("route_ingests", RouteIngests)
+
+
+def ingest_for(request: web.Request) -> Ingest:
+    """Return the ingest that serves the matched route: its own, else the default route's."""
+    routes = request.app.get(ROUTE_INGESTS)
+    own = routes.get(request.match_info.route) if routes is not None else None
+    return own if own is not None else request.app[INGEST]
 
 
 class Admission:
@@ -196,7 +224,7 @@ def _report(
 def _precheck(request: web.Request) -> None:
     """Refuse what the headers alone decide, before a byte of the body is read."""
     request.app[ADMISSION].check()
-    ingest = request.app[INGEST]
+    ingest = ingest_for(request)
     multipart = request.content_type.startswith("multipart/")
     limit = ingest.max_upload_bytes + (MAX_FORM_OVERHEAD if multipart else 0)
     if request.content_length is not None and request.content_length > limit:
@@ -235,7 +263,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def post_recording(request: web.Request) -> web.Response:
     """``POST /recordings``: multipart/form-data, or a raw body with ``?filename=``."""
-    return await _run(request, lambda: _post(request, request.app[INGEST]))
+    return await _run(request, lambda: _post(request, ingest_for(request)))
 
 
 async def _post(request: web.Request, ingest: Ingest) -> Upload:
@@ -256,7 +284,7 @@ async def _post(request: web.Request, ingest: Ingest) -> Upload:
 
 async def put_recording(request: web.Request) -> web.Response:
     """``PUT /recordings/{filename}``: the body is the recording."""
-    return await _run(request, lambda: _put(request, request.app[INGEST]))
+    return await _run(request, lambda: _put(request, ingest_for(request)))
 
 
 async def _put(request: web.Request, ingest: Ingest) -> Upload:
@@ -287,7 +315,7 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
     upload: Upload | None = None
     error: StreamproxyError | None = None
     admission = request.app[ADMISSION]
-    ingest = request.app[INGEST]
+    ingest = ingest_for(request)
     manifest: str | None = None
     try:
         _precheck(request)

@@ -152,9 +152,16 @@ class InstrumentedSink:
         """Sweep the wrapped sink."""
         return await self._sink.sweep(older_than, dry_run=dry_run, now=now)
 
-    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> Writer:
+    async def open(
+        self,
+        key: str | None,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ) -> Writer:
         """Open an upload on the wrapped sink and count what happens to it."""
-        writer = await self._sink.open(key, content_type=content_type, metadata=metadata)
+        writer = await self._sink.open(key, content_type=content_type, metadata=metadata, tags=tags)
         stats = CURRENT_UPLOAD.get()
         if stats is not None:
             stats.key = key
@@ -176,12 +183,18 @@ class _InstrumentedWriter:
             self._stats.parts += 1
         await self._writer.write(part, last=last)
 
-    async def complete(self, *, key: str | None = None, metadata: Mapping[str, str] | None = None) -> Stored:
+    async def complete(
+        self,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Stored:
         if self._stats is not None:
             self._stats.completing = True
             self._stats.key = key or self._stats.key
         try:
-            stored = await self._writer.complete(key=key, metadata=metadata)
+            stored = await self._writer.complete(key=key, metadata=metadata, tags=tags)
         except BaseException:
             self._aborted()
             raise

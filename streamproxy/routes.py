@@ -1,0 +1,193 @@
+"""Several destinations: ``--config FILE`` with ``[[route]]`` tables, each an upload path of its own.
+
+A route has its own path (``POST /recordings/acme``, ``PUT /recordings/acme/{filename}``), its own
+storage, tokens, key template, URL mode and storage options. Flags and ``STREAMPROXY_*`` give the
+default route (``/recordings``). What a route does not set takes the built-in default, not the
+default route's value: a customer's route must not inherit another customer's tags or key. Only
+process-wide settings (part size, memory budget, limits, timeouts, S3 endpoint and region) are
+shared.
+
+The file is read once at start. Every mistake stops the server with one line naming the file,
+the route and the key: unknown keys, wrong types, a duplicate or reserved path, and every check
+that ``Settings.validate`` applies to the flags.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, StorageURI, parse_duration
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["RESERVED_PATHS", "ROUTE_KEYS", "Route", "load_routes", "route_settings"]
+
+DEFAULT_PATH = "/recordings"
+RESERVED_PATHS = (DEFAULT_PATH, "/healthz", "/readyz", "/metrics")
+_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("a list of strings")
+    return tuple(value)
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("true or false")
+    return value
+
+
+def _integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("an integer")
+    return value
+
+
+def _seconds(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return round(parse_duration(value))
+    raise TypeError("seconds or a duration like '24h'")
+
+
+def _tags(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise TypeError('a table of strings, like { team = "ivr" }')
+    return tuple(value.items())
+
+
+# TOML key -> (Settings field, converter). Keys are the flag names without "--".
+ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
+    "path": ("", _string),
+    "tokens": ("", _strings),
+    "storage": ("storage", lambda v: StorageURI.parse(_string(v))),
+    "key-template": ("key_template", _string),
+    "url-mode": ("url_mode", _string),
+    "presign-expires": ("presign_expires", _seconds),
+    "sse": ("sse", _string),
+    "sse-kms-key-id": ("sse_kms_key_id", _string),
+    "storage-class": ("storage_class", _string),
+    "object-lock-mode": ("object_lock_mode", _string),
+    "object-lock-days": ("object_lock_days", _integer),
+    "object-lock-legal-hold": ("object_lock_legal_hold", _boolean),
+    "tags": ("tags", _tags),
+    "tag-fields": ("tag_fields", _strings),
+    "manifest": ("manifest", _boolean),
+    "require-wav": ("require_wav", _boolean),
+    "overwrite": ("overwrite", _boolean),
+}
+# What a route does not set falls back to these, never to the default route's flags.
+_PER_ROUTE_DEFAULTS: dict[str, Any] = {
+    "key_template": "{filename}.wav",
+    "url_mode": "object",
+    "presign_expires": 604800,
+    "sse": None,
+    "sse_kms_key_id": None,
+    "storage_class": None,
+    "object_lock_mode": None,
+    "object_lock_days": None,
+    "object_lock_legal_hold": False,
+    "tags": (),
+    "tag_fields": (),
+    "manifest": False,
+    "require_wav": False,
+    "overwrite": False,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``[[route]]`` table, checked for keys and types (its settings are checked by ``route_settings``)."""
+
+    path: str
+    tokens: tuple[str, ...]
+    overrides: tuple[tuple[str, Any], ...]
+    where: str  # "routes.toml: route /recordings/acme", for error messages
+
+    def __repr__(self) -> str:
+        return f"Route({self.path!r}, tokens={len(self.tokens)})"  # never print the tokens
+
+
+def load_routes(path: str) -> tuple[Route, ...]:
+    """Read and check a routes file; raise ``ConfigError`` with one line on the first mistake."""
+    file = Path(path)
+    try:
+        document = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(document) - {"route"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (the file holds [[route]] tables only)")
+    tables = document.get("route", [])
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{path}: write at least one [[route]] table")
+    routes: list[Route] = []
+    seen: set[str] = set()
+    for number, table in enumerate(tables, start=1):
+        route = _route(path, number, table)
+        if route.path in seen:
+            raise ConfigError(f"{route.where}: the path is used by an earlier route")
+        seen.add(route.path)
+        routes.append(route)
+    return tuple(routes)
+
+
+def _route(path: str, number: int, table: Mapping[str, Any]) -> Route:
+    where = f"{path}: route {number}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: write it as a [[route]] table")
+    for key in table:
+        if key not in ROUTE_KEYS:
+            known = ", ".join(ROUTE_KEYS)
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+    for required in ("path", "storage"):
+        if required not in table:
+            raise ConfigError(f"{where}: {required!r} is missing")
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        _, convert = ROUTE_KEYS[key]
+        try:
+            values[key] = convert(raw)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {key!r} must be {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {key!r}: {exc}") from None
+    route_path = values.pop("path")
+    where = f"{path}: route {route_path}"
+    if not _PATH.fullmatch(route_path):
+        raise ConfigError(f"{where}: a path is /segment[/segment...] of letters, digits, '.', '_', '-'")
+    if route_path in RESERVED_PATHS:
+        raise ConfigError(f"{where}: the path is taken by the default route or a probe")
+    tokens = values.pop("tokens", ())
+    if any(not token for token in tokens):
+        raise ConfigError(f"{where}: 'tokens' holds an empty token")
+    overrides = tuple((ROUTE_KEYS[key][0], value) for key, value in values.items())
+    return Route(route_path, tokens, overrides, where)
+
+
+def route_settings(settings: Settings, route: Route) -> Settings:
+    """Return the settings of ``route``: process-wide ones from ``settings``, the rest from the table."""
+    try:
+        return replace(settings, routes=(), **{**_PER_ROUTE_DEFAULTS, **dict(route.overrides)})
+    except ConfigError as exc:
+        # Name TOML keys, not flags: "--sse 'x'" becomes "sse 'x'".
+        raise ConfigError(f"{route.where}: {re.sub(r'--(?=[a-z])', '', str(exc))}") from None
