@@ -101,7 +101,7 @@ def make_app(
 
 def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) -> Ingest:
     """Build the ingest of one upload route; the buffer budget and the metrics are shared by all routes."""
-    return Ingest(
+    ingest = Ingest(
         InstrumentedSink(sink, metrics),
         pool,
         prefix=settings.storage.prefix,
@@ -114,4 +114,7 @@ def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) 
         require_wav=settings.require_wav,
         tag_fields=settings.tag_fields,
         manifest=settings.manifest,
+        manifest_sink=sink,
     )
+    ingest.on_manifest_failure = metrics.manifest_failures.inc
+    return ingest

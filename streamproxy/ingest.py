@@ -220,6 +220,7 @@ class Ingest:
         require_wav: bool = False,
         tag_fields: tuple[str, ...] = (),
         manifest: bool = False,
+        manifest_sink: Sink | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -233,7 +234,10 @@ class Ingest:
         self.require_wav = require_wav
         self.tag_fields = tag_fields
         self.manifest = manifest
+        # Manifests bypass the upload instrumentation: they are not recordings.
+        self.manifest_sink = manifest_sink if manifest_sink is not None else sink
         self.manifest_failures = 0  # manifests not written although their recording was stored
+        self.on_manifest_failure: Callable[[], None] = lambda: None
         # "upload.wav" tells which type to store when the client sends application/octet-stream.
         suffix = "." + key_template.rsplit(".", 1)[-1].lower() if "." in key_template else ""
         self._default_type = _SUFFIX_TYPES.get(suffix, "application/octet-stream")

@@ -3,7 +3,8 @@
 A manifest is written only after the recording is stored complete, through the same sink (so the
 same encryption, storage class, retention and tags apply). If writing it fails, the recording
 stays stored and the upload still succeeds: the failure is logged (``manifest_failed``), counted
-in ``Ingest.manifest_failures``, and the answer's ``manifest`` is ``null``. The schema is
+(``Ingest.manifest_failures`` and the metric ``streamproxy_manifest_failures_total``), and the
+answer's ``manifest`` is ``null``. The schema is
 documented in docs/configuration.md; ``MANIFEST_VERSION`` changes when a field changes meaning.
 """
 
@@ -73,14 +74,18 @@ async def write_manifest(ingest: Ingest, upload: Upload, info: RequestInfo) -> s
     """Store the manifest beside the recording; return its key, or ``None`` if that failed (logged, counted)."""
     key = manifest_key(upload.stored.key)
     document = build_manifest(
-        upload, info, part_size=ingest.pool.part_size, storage=ingest.sink.description, completed_at=datetime.now(UTC)
+        upload,
+        info,
+        part_size=ingest.pool.part_size,
+        storage=ingest.manifest_sink.description,
+        completed_at=datetime.now(UTC),
     )
     data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
     try:
         if len(data) > ingest.pool.part_size:  # text fields are capped far below a part; never expected
             raise ValueError(f"the manifest is {len(data)} bytes, more than one part")
         tags = ingest.tags_for(upload.fields)
-        writer = await ingest.sink.open(key, content_type="application/json", metadata={}, tags=tags)
+        writer = await ingest.manifest_sink.open(key, content_type="application/json", metadata={}, tags=tags)
         try:
             part = await ingest.pool.acquire()
             part.data[: len(data)] = data
@@ -93,6 +98,7 @@ async def write_manifest(ingest: Ingest, upload: Upload, info: RequestInfo) -> s
     except Exception as exc:
         # The recording is stored: the client gets its success, the operator a log line and a count.
         ingest.manifest_failures += 1
+        ingest.on_manifest_failure()
         log.error("manifest_failed", key=key, recording=upload.stored.key, error=str(exc) or type(exc).__name__)
         return None
     return key

@@ -73,6 +73,11 @@ class Metrics:
             "Uploads that opened storage and were aborted (nothing of them remains)",
             registry=r,
         )
+        self.manifest_failures = Counter(
+            "streamproxy_manifest_failures_total",
+            "Manifests (--manifest) not written although their recording was stored",
+            registry=r,
+        )
         self.in_flight = Gauge("streamproxy_uploads_in_flight", "Uploads being received right now", registry=r)
         self.buffer_in_use = Gauge(
             "streamproxy_buffer_in_use_bytes", "Part-buffer bytes held by uploads right now", registry=r

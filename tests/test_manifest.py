@@ -132,6 +132,11 @@ async def test_manifest_failure_keeps_the_recording_and_is_counted(client_for, m
     assert body["status"] == "success" and body["manifest"] is None
     assert objects(s3, bucket) == {"rec/dup.wav": data, "rec/dup.wav.json": b"{}"}
     assert client.server.app[INGEST].manifest_failures == 1
+    exposition = await (await client.get("/metrics")).text()
+    assert "streamproxy_manifest_failures_total 1.0" in exposition
+    # the manifest is not a recording: neither its bytes nor its failed write count as an upload's
+    assert f"streamproxy_received_bytes_total {float(len(data))}" in exposition
+    assert "streamproxy_uploads_aborted_total 0.0" in exposition
 
 
 async def test_no_manifest_key_without_the_flag(client_for, moto_endpoint, bucket, s3) -> None:
