@@ -136,6 +136,7 @@ async def _check_s3(settings: Settings, report: _Report) -> None:
             report.fail("bucket", exc)
             return
         report.ok(f"bucket: {bucket!r} exists and answers (listed incomplete uploads under {prefix or '/'!r})")
+        await _object_lock(sink, settings, report)
         if not settings.write_probe:
             report.skip("write: not tested (add --write-probe to put and delete a probe object)")
             return
@@ -144,6 +145,44 @@ async def _check_s3(settings: Settings, report: _Report) -> None:
         await _step(report, "multipart", "created and aborted a multipart upload", _create_abort(sink, bucket, key))
     finally:
         await sink.close()
+
+
+async def _object_lock(sink: S3Sink, settings: Settings, report: _Report) -> None:
+    """Say whether the bucket has Object Lock; fail only if the settings ask for retention it cannot give."""
+    bucket = settings.storage.bucket
+    wanted = settings.object_lock_mode is not None or settings.object_lock_legal_hold
+    try:
+        config = await sink.object_lock()
+    except StorageError as exc:
+        if wanted:
+            report.fail("object lock", exc)
+        else:
+            report.skip(f"object lock: not checked ({exc.storage_code or exc.message})")
+        return
+    if config is None:
+        if wanted:
+            report.fail(
+                "object lock",
+                f"not enabled on {bucket!r}, but --object-lock-mode/--object-lock-legal-hold is set "
+                "(Object Lock is chosen when a bucket is created: use a bucket created with it)",
+            )
+        else:
+            report.ok(f"object lock: not enabled on {bucket!r} (recordings are not write-once)")
+        return
+    retention = config.get("Rule", {}).get("DefaultRetention", {})
+    default = (
+        f"default retention {retention['Mode']} {retention.get('Days') or retention.get('Years')}"
+        f" {'days' if 'Days' in retention else 'years'}"
+        if retention.get("Mode")
+        else "no default retention"
+    )
+    ours = (
+        f"; each recording: {settings.object_lock_mode} {settings.object_lock_days} days"
+        if settings.object_lock_mode
+        else ""
+    )
+    hold = "; legal hold on each recording" if settings.object_lock_legal_hold else ""
+    report.ok(f"object lock: enabled on {bucket!r} ({default}{ours}{hold})")
 
 
 async def _put_delete(sink: S3Sink, bucket: str, key: str) -> None:

@@ -356,6 +356,22 @@ class S3Sink:
         except Exception as exc:
             raise map_error("ListMultipartUploads", exc) from exc
 
+    async def object_lock(self) -> dict[str, Any] | None:
+        """Return the bucket's Object Lock configuration, or ``None`` if Object Lock is not enabled.
+
+        Needs ``s3:GetBucketObjectLockConfiguration``; other errors are raised from the error tree.
+        """
+        try:
+            response = await self._client.get_object_lock_configuration(Bucket=self.options.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+                return None
+            raise map_error("GetObjectLockConfiguration", exc) from exc
+        except Exception as exc:
+            raise map_error("GetObjectLockConfiguration", exc) from exc
+        config: dict[str, Any] = response.get("ObjectLockConfiguration", {})
+        return config if config.get("ObjectLockEnabled") == "Enabled" else None
+
     async def sweep(self, older_than: float, *, dry_run: bool, now: float | None = None) -> list[SweepItem]:
         """Abort incomplete multipart uploads and delete staging objects older than ``older_than`` seconds.
 
