@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, StorageURI, parse_duration
+from .config import DEFAULT_KEY_TEMPLATE, DEFAULT_PRESIGN_EXPIRES, ConfigError, StorageURI, parse_duration
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -93,9 +93,9 @@ ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
 }
 # What a route does not set falls back to these, never to the default route's flags.
 _PER_ROUTE_DEFAULTS: dict[str, Any] = {
-    "key_template": "{filename}.wav",
+    "key_template": DEFAULT_KEY_TEMPLATE,
     "url_mode": "object",
-    "presign_expires": 604800,
+    "presign_expires": DEFAULT_PRESIGN_EXPIRES,
     "sse": None,
     "sse_kms_key_id": None,
     "storage_class": None,
