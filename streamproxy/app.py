@@ -72,11 +72,13 @@ def make_app(
             route_sink.observe = metrics.observe_s3
         sinks.append(route_sink)
         ingest = _ingest(own, route_sink, pool, metrics)
+        route_guard = Guard.from_settings(own)  # its own tokens only: no other route's token opens it
         for added in (
             app.router.add_post(route.path, post_recording, expect_handler=expect_handler),
             app.router.add_put(route.path + "/{filename}", put_recording, expect_handler=expect_handler),
         ):
             app[ROUTE_INGESTS].add(added, ingest)
+            app[GUARDS].protect(added, route_guard)
 
     async def sink_lifetime(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:

@@ -3,9 +3,10 @@
 A route has its own path (``POST /recordings/acme``, ``PUT /recordings/acme/{filename}``), its own
 storage, tokens, key template, URL mode and storage options. Flags and ``STREAMPROXY_*`` give the
 default route (``/recordings``). What a route does not set takes the built-in default, not the
-default route's value: a customer's route must not inherit another customer's tags or key. Only
-process-wide settings (part size, memory budget, limits, timeouts, S3 endpoint and region) are
-shared.
+default route's value: a customer's route must not inherit another customer's tokens, tags or key.
+Only process-wide settings (part size, memory budget, limits, timeouts, S3 endpoint and region,
+client address rules) are shared. Each route gets its own ``auth.Guard`` built from its settings,
+so a token of one route opens no other.
 
 The file is read once at start. Every mistake stops the server with one line naming the file,
 the route and the key: unknown keys, wrong types, a duplicate or reserved path, and every check
@@ -74,7 +75,9 @@ def _tags(value: object) -> tuple[tuple[str, str], ...]:
 # TOML key -> (Settings field, converter). Keys are the flag names without "--".
 ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "path": ("", _string),
-    "tokens": ("", _strings),
+    "auth-tokens": ("auth_tokens", _strings),
+    "auth-token-file": ("auth_token_file", _string),
+    "allow-query-token": ("allow_query_token", _boolean),
     "storage": ("storage", lambda v: StorageURI.parse(_string(v))),
     "key-template": ("key_template", _string),
     "url-mode": ("url_mode", _string),
@@ -93,6 +96,9 @@ ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
 }
 # What a route does not set falls back to these, never to the default route's flags.
 _PER_ROUTE_DEFAULTS: dict[str, Any] = {
+    "auth_tokens": (),
+    "auth_token_file": None,
+    "allow_query_token": False,
     "key_template": DEFAULT_KEY_TEMPLATE,
     "url_mode": "object",
     "presign_expires": DEFAULT_PRESIGN_EXPIRES,
@@ -115,12 +121,11 @@ class Route:
     """One ``[[route]]`` table, checked for keys and types (its settings are checked by ``route_settings``)."""
 
     path: str
-    tokens: tuple[str, ...]
     overrides: tuple[tuple[str, Any], ...]
     where: str  # "routes.toml: route /recordings/acme", for error messages
 
     def __repr__(self) -> str:
-        return f"Route({self.path!r}, tokens={len(self.tokens)})"  # never print the tokens
+        return f"Route({self.path!r})"  # never print the overrides: they hold the tokens
 
 
 def load_routes(path: str) -> tuple[Route, ...]:
@@ -177,11 +182,8 @@ def _route(path: str, number: int, table: Mapping[str, Any]) -> Route:
         raise ConfigError(f"{where}: a path is /segment[/segment...] of letters, digits, '.', '_', '-'")
     if route_path in RESERVED_PATHS:
         raise ConfigError(f"{where}: the path is taken by the default route or a probe")
-    tokens = values.pop("tokens", ())
-    if any(not token for token in tokens):
-        raise ConfigError(f"{where}: 'tokens' holds an empty token")
     overrides = tuple((ROUTE_KEYS[key][0], value) for key, value in values.items())
-    return Route(route_path, tokens, overrides, where)
+    return Route(route_path, overrides, where)
 
 
 def route_settings(settings: Settings, route: Route) -> Settings:
@@ -189,5 +191,5 @@ def route_settings(settings: Settings, route: Route) -> Settings:
     try:
         return replace(settings, routes=(), **{**_PER_ROUTE_DEFAULTS, **dict(route.overrides)})
     except ConfigError as exc:
-        # Name TOML keys, not flags: "--sse 'x'" becomes "sse 'x'".
-        raise ConfigError(f"{route.where}: {re.sub(r'--(?=[a-z])', '', str(exc))}") from None
+        # The message names the flag; the route's key is the same name without "--".
+        raise ConfigError(f"{route.where}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +134,18 @@ async def test_routes_do_not_inherit_the_default_routes_options(
         ("", "at least one [[route]]"),
         ("[[route]]\npath = '/a'\n", "'storage' is missing"),
         ("[[route]]\nstorage = 'file:///tmp/a'\n", "'path' is missing"),
-        ("[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\ntokens = 'abc'\n", "'tokens' must be a list of strings"),
+        (
+            "[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\nauth-tokens = 'abc'\n",
+            "'auth-tokens' must be a list of strings",
+        ),
+        (
+            "[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\nauth-tokens = ['short']\n",
+            "route /a: auth token #1 is shorter",
+        ),
+        (
+            "[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\nauth-token-file = '/nonexistent'\n",
+            "route /a: --auth-token-file",
+        ),
         ("[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\nmanifest = 'yes'\n", "'manifest' must be true or false"),
         ("[[route]]\npath = '/a'\nstorage = 'ftp://x'\n", "'storage': 'ftp://x'"),
         ("[[route]]\npath = 'a'\nstorage = 'file:///tmp/a'\n", "route a: a path is /segment"),
@@ -145,11 +157,11 @@ async def test_routes_do_not_inherit_the_default_routes_options(
         ),
         (
             "[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\nurl-mode = 'presigned'\n",
-            "route /a: url-mode presigned needs s3://",
+            "route /a: --url-mode presigned needs s3://",
         ),
-        ("[[route]]\npath = '/a'\nstorage = 's3://bkt/'\nsse = 'rot13'\n", "route /a: sse 'rot13'"),
+        ("[[route]]\npath = '/a'\nstorage = 's3://bkt/'\nsse = 'rot13'\n", "route /a: --sse 'rot13'"),
         ("[[route]]\npath = '/a'\nstorage = 's3://bkt/'\nkey-template = 'x.wav'\n", "route /a: key template 'x.wav'"),
-        ("[[route]]\npath = '/a'\nstorage = 's3://bkt/'\ntags = { 'aws:x' = '1' }\n", "route /a: tag"),
+        ("[[route]]\npath = '/a'\nstorage = 's3://bkt/'\ntags = { 'aws:x' = '1' }\n", "route /a: --tag"),
         ("[[route]\n", "not valid TOML"),
     ],
 )
@@ -177,6 +189,53 @@ def test_missing_config_file_stops_the_process(tmp_path: Path) -> None:
 
 
 def test_tokens_are_not_printed(tmp_path: Path) -> None:
-    """A route's repr never shows its tokens (settings end up in logs and tracebacks)."""
-    settings = _settings(tmp_path, "[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\ntokens = ['s3cr3t-token']\n")
-    assert "s3cr3t" not in repr(settings) and settings.routes[0].tokens == ("s3cr3t-token",)
+    """Neither a route's repr nor the settings' show its tokens (settings end up in logs and tracebacks)."""
+    settings = _settings(
+        tmp_path, "[[route]]\npath = '/a'\nstorage = 'file:///tmp/a'\nauth-tokens = ['s3cr3t-token-0123456789']\n"
+    )
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in repr(settings.routes)
+
+
+def test_a_route_without_tokens_on_the_network_is_refused(tmp_path: Path) -> None:
+    """Beyond loopback every route needs its own tokens (or --allow-anonymous), as the default route does."""
+    text = "[[route]]\npath = '/open'\nstorage = 'file:///tmp/a'\n"
+    with pytest.raises(ConfigError, match=re.escape("route /open: --host 0.0.0.0: refusing")):
+        _settings(tmp_path, text, "--host", "0.0.0.0", "--auth-token", DEFAULT_TOKEN)
+    settings = _settings(tmp_path, text, "--host", "0.0.0.0", "--auth-token", DEFAULT_TOKEN, "--allow-anonymous")
+    assert settings.routes[0].path == "/open"
+
+
+DEFAULT_TOKEN = "default-route-token-0000"
+ACME_TOKEN = "acme-route-token-11111111"
+GLOBEX_TOKEN = "globex-route-token-2222222"
+
+
+async def test_a_token_of_one_route_opens_no_other(client_for, moto_endpoint, bucket, s3, tmp_path) -> None:
+    """Each route accepts exactly its own tokens: 401 for another route's token, and nothing is stored."""
+    tokens = tmp_path / "globex.tokens"
+    tokens.write_text(f"# globex\n{GLOBEX_TOKEN}\n")
+    config = f"""
+        [[route]]
+        path = "/recordings/acme"
+        storage = "s3://{bucket}/acme/"
+        auth-tokens = ["{ACME_TOKEN}"]
+
+        [[route]]
+        path = "/recordings/globex"
+        storage = "s3://{bucket}/globex/"
+        auth-token-file = "{tokens}"
+        """
+    flags = ["--storage", f"s3://{bucket}/default/", "--s3-endpoint-url", moto_endpoint, "--auth-token", DEFAULT_TOKEN]
+    settings = _settings(tmp_path, config, *flags)
+    client = await client_for(settings)
+    paths = {"/recordings": DEFAULT_TOKEN, "/recordings/acme": ACME_TOKEN, "/recordings/globex": GLOBEX_TOKEN}
+    for path, own in paths.items():
+        for token in (*paths.values(), None, "not-a-token-of-anyone-at-all"):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            resp = await client.put(f"{path}/call", data=b"x", headers={"Content-Type": "audio/wav", **headers})
+            body = await resp.json()
+            if token == own:
+                assert resp.status == 200, (path, body)
+            else:
+                assert resp.status == 401 and body["error"] == "unauthorized", (path, token, body)
+    assert set(objects(s3, bucket)) == {"default/call.wav", "acme/call.wav", "globex/call.wav"}
