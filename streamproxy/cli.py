@@ -64,18 +64,10 @@ def _seconds(text: str) -> int:
     return round(parse_duration(text))
 
 
-def _repeated(convert: Callable[[str], Any]) -> Callable[[str | list[str]], tuple[Any, ...]]:
-    def each(raw: str | list[str]) -> tuple[Any, ...]:
-        items = raw if isinstance(raw, list) else [item for item in raw.split(",") if item.strip()]
-        return tuple(convert(item.strip()) for item in items)
-
-    return each
-
-
 def _tag(text: str) -> tuple[str, str]:
     key, value = text.partition("=")[::2]
     if "=" not in text:
-        raise ConfigError(f"{text!r} is not KEY=VALUE")
+        raise ConfigError(f"--tag {text!r} is not KEY=VALUE")
     return key, value
 
 
@@ -88,24 +80,12 @@ class _Options:
         self.lists: dict[str, tuple[str, str]] = {}
 
     def add(
-        self,
-        flag: str,
-        convert: Callable[[str], Any],
-        default: Any,
-        help: str,
-        *,
-        repeat: bool = False,
-        dest: str | None = None,
+        self, flag: str, convert: Callable[[str], Any], default: Any, help: str, *, dest: str | None = None
     ) -> None:
-        """Add a flag; ``repeat``: it may be given several times (in the environment, comma-separated)."""
         dest = dest or flag.lstrip("-").replace("-", "_")
         env = _env_name(flag)
-        self.converters[dest] = (flag, _repeated(convert) if repeat else convert)
-        if repeat:
-            self.parser.add_argument(
-                flag, dest=dest, action="append", default=None, metavar=dest.upper(), help=f"{help} (env {env})"
-            )
-        elif convert is _flag_bool:
+        self.converters[dest] = (flag, convert)
+        if convert is _flag_bool:
             self.parser.add_argument(
                 flag, dest=dest, action="store_const", const="true", default=None, help=f"{help} (env {env})"
             )
@@ -184,10 +164,8 @@ def _storage_options(options: _Options) -> None:
     options.add("--object-lock-mode", str, None, "Object Lock retention: GOVERNANCE or COMPLIANCE")
     options.add("--object-lock-days", int, None, "days each recording is retained under --object-lock-mode")
     options.add("--object-lock-legal-hold", _flag_bool, False, "put a legal hold on every recording")
-    options.add("--tag", _tag, (), "object tag KEY=VALUE (repeatable)", repeat=True, dest="tags")
-    options.add(
-        "--tag-field", str, (), "text field whose value becomes a tag (repeatable)", repeat=True, dest="tag_fields"
-    )
+    options.add_list("--tag", "object tag KEY=VALUE", dest="tags")
+    options.add_list("--tag-field", "text field whose value becomes a tag", dest="tag_fields")
     options.add("--config", load_routes, (), "TOML file of [[route]] tables: more upload paths", dest="routes")
     options.add("--manifest", _flag_bool, False, "write <key>.json with the upload's facts beside each recording")
     options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
@@ -273,6 +251,8 @@ def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
     values = options[args.command].resolve(args)
     if isinstance(values.get("accept_types"), str):
         values["accept_types"] = _types(values["accept_types"])
+    if "tags" in values:
+        values["tags"] = tuple(_tag(text) for text in values["tags"])
     if args.command == "sweep" and values.get("older_than") is None:
         raise ConfigError("sweep needs --older-than DURATION (for example 24h): leftovers younger than it may be live")
     return args.command, Settings(**values)
