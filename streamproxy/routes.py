@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["RESERVED_PATHS", "ROUTE_KEYS", "Route", "load_routes", "route_settings"]
 
 DEFAULT_PATH = "/recordings"
-RESERVED_PATHS = (DEFAULT_PATH, "/healthz", "/readyz", "/metrics")
+RESERVED_PATHS = (DEFAULT_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json")
 _PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 

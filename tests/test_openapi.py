@@ -67,7 +67,14 @@ class FailingSink(MemorySink):
         super().__init__()
         self.error = error
 
-    async def open(self, key: str | None, *, content_type: str, metadata: Mapping[str, str]) -> MemoryWriter:
+    async def open(
+        self,
+        key: str | None,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str] | None = None,
+    ) -> MemoryWriter:
         raise self.error
 
 
@@ -147,6 +154,10 @@ def _draining(app: Any) -> None:
     app[ADMISSION].draining = True
 
 
+WAV_FILE = (
+    b"RIFF\xff\xff\xff\xffWAVEfmt \x10\x00\x00\x00\x07\x00\x01\x00@\x1f\x00\x00@\x1f\x00\x00\x01\x00\x08\x00"
+    b"data\xff\xff\xff\xff" + bytes(8000)
+)  # one second of 8 kHz mu-law, sizes unknown as a recorder streaming it writes them
 POST = ("/recordings", "post")
 PUT = ("/recordings/{filename}", "put")
 OK_FORM: list[tuple[str, str | bytes]] = [("filename", "call-1"), ("recording", b"RIFF....WAVE")]
@@ -157,6 +168,14 @@ CASES = [
     Case("raw_post", POST, lambda c: c.post("/recordings?filename=c2", data=b"RIFF", headers=WAV), 200),
     Case("put", PUT, _put("/recordings/call-3"), 200),
     Case("put_s3", PUT, _put("/recordings/call-3"), 200, sink=None, s3=True),
+    Case(
+        "wav_with_manifest",
+        PUT,
+        _put("/recordings/call-4", data=WAV_FILE),
+        200,
+        settings={"manifest": True},
+    ),
+    Case("presigned_s3", POST, _post_form(OK_FORM), 200, sink=None, s3=True, settings={"url_mode": "presigned"}),
     Case("healthz", ("/healthz", "get"), lambda c: c.get("/healthz"), 200),
     Case("openapi", ("/openapi.json", "get"), lambda c: c.get("/openapi.json"), 200),
     Case("no_filename", POST, _post_form([("recording", b"RIFF")]), 400, "missing_field"),
@@ -246,6 +265,7 @@ CASES = [
     Case(
         "too_large", PUT, _put("/recordings/big", data=b"x" * 100), 413, "too_large", settings={"max_upload_bytes": 10}
     ),
+    Case("not_wav", PUT, _put("/recordings/n", data=b"ID3\x04mp3"), 415, "not_wav", settings={"require_wav": True}),
     Case(
         "text_body", PUT, _put("/recordings/t", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"
     ),
@@ -369,6 +389,9 @@ async def test_real_responses_match_the_document(case: Case, aiohttp_client, tmp
         if header == "Retry-After" and case.code == "storage_unavailable":
             continue  # documented as sent for busy and draining only
         assert header in resp.headers, f"documented header {header} missing"
+    if case.name == "wav_with_manifest":
+        assert body["audio"]["format"] == "mulaw" and body["audio"]["duration_seconds"] == 1.0
+        assert body["manifest"] == "call-4.wav.json"
     if case.name == "metrics":
         assert "streamproxy_build_info{" in body
     if case.name == "openapi":
