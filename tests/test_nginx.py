@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
 import re
 import shutil
@@ -20,11 +18,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.certs import self_signed
 from tests.servers import free_port, rss_kib, streamproxy_server
 
 MIB = 1024 * 1024
@@ -41,34 +36,6 @@ def nginx_binary() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamproxy test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def substitute(text: str, pattern: str, replacement: str) -> str:
@@ -214,7 +181,7 @@ async def multipart_stream(size: int, hasher: hashlib._Hash, boundary: str) -> A
 
 
 def client_ssl(nginx_dir: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(nginx_dir / "cert.pem"))
+    return ssl.create_default_context(cafile=str(nginx_dir / "streamproxy-test.crt"))
 
 
 async def upload_through(nginx: Nginx, tls: ssl.SSLContext, size: int) -> tuple[int, dict[str, object], str, str]:
