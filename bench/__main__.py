@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-moto", dest="moto", action="store_false", help="skip the runs on moto")
     parser.add_argument("--late-size", type=int, default=256, help="MiB for the late-filename runs on moto")
     parser.add_argument("--moto-size", type=int, default=1024, help="MiB for the large upload on moto")
-    parser.add_argument("--workdir", help="where test files and TMPDIRs go (default: a new temp dir)")
+    parser.add_argument(
+        "--workdir", help="where test files and TMPDIRs go (default: $TMPDIR/streamproxy-bench; test files are reused)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the TMPDIRs")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"), help="'-' to only print")

@@ -35,9 +35,7 @@ class Result:
 def post_recording(host: str, port: int, path: str, file: str, filename: str, *, late_filename: bool = False) -> Result:
     """POST ``file`` as the ``recording`` field (``filename`` first unless ``late_filename``)."""
     boundary = uuid.uuid4().hex
-    name_part = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="filename"\r\n\r\n{filename}\r\n'.encode()
-    )
+    name_part = f'--{boundary}\r\nContent-Disposition: form-data; name="filename"\r\n\r\n{filename}\r\n'.encode()
     file_head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="recording"; filename="{filename}.wav"\r\n'
         "Content-Type: audio/wav\r\n\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -21,21 +22,27 @@ def status_kib(pid: int, field: str = "VmHWM") -> int:
     raise LookupError(field)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a live process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User plus system CPU seconds a live process (or one of its threads) has used so far."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def wait_rusage(proc: subprocess.Popen[bytes]) -> tuple[int, float, float]:
-    """Wait for a child; return its exit code, peak RSS in bytes and CPU seconds (from wait4)."""
+def wait_cpu(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for a child; return its exit code and CPU seconds (from wait4).
+
+    wait4's ru_maxrss is no use for peak RSS here: exec keeps the parent's high-water mark
+    from the (v)fork, so a child of a big parent reports the parent's size. ``TmpWatch`` polls
+    VmHWM instead.
+    """
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 class TmpWatch:
-    """Poll a TMPDIR (and the process's open files in it, deleted or not) for peak bytes and files."""
+    """Poll a process's peak RSS (VmHWM) and its TMPDIR (open files in it too, deleted or not)."""
 
     def __init__(self, tmpdir: Path, pid: int | None = None, interval: float = 0.02) -> None:
         self.tmpdir = tmpdir
@@ -43,6 +50,7 @@ class TmpWatch:
         self.interval = interval
         self.peak_bytes = 0
         self.peak_files = 0
+        self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -70,6 +78,8 @@ class TmpWatch:
                     continue
                 seen[(st.st_dev, st.st_ino)] = st.st_size
         if self.pid is not None:
+            with contextlib.suppress(OSError, LookupError):
+                self.peak_rss = max(self.peak_rss, status_kib(self.pid) * 1024)
             fd_dir = Path(f"/proc/{self.pid}/fd")
             try:
                 fds = list(fd_dir.iterdir())
@@ -95,12 +105,18 @@ def file_crcs(path: Path, sizes: list[int]) -> list[int]:
     key = (str(path), tuple(sizes))
     if key not in _crc_cache:
         out = []
-        buffer = bytearray(max(sizes) if sizes else 0)
+        buffer = bytearray(8 * MIB)
         with open(path, "rb", buffering=0) as source:
             for size in sizes:
-                view = memoryview(buffer)[:size]
-                got = source.readinto(view)
-                out.append(zlib.crc32(view[:got]))
+                crc = 0
+                left = size
+                while left:
+                    got = source.readinto(memoryview(buffer)[: min(left, len(buffer))])
+                    if not got:
+                        break
+                    crc = zlib.crc32(memoryview(buffer)[:got], crc)
+                    left -= got
+                out.append(crc)
         _crc_cache[key] = out
     return _crc_cache[key]
 

@@ -17,7 +17,7 @@ from aiohttp import web
 def make_app(bucket: str, endpoint: str) -> web.Application:
     app = web.Application(client_max_size=8 * 1024**3)
 
-    async def client_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    async def client_ctx(app: web.Application):
         config = AioConfig(request_checksum_calculation="when_required", s3={"addressing_style": "path"})
         async with get_session().create_client(
             "s3", endpoint_url=endpoint, region_name="us-east-1", config=config
@@ -29,7 +29,7 @@ def make_app(bucket: str, endpoint: str) -> web.Application:
         form = await request.post()
         field = form["recording"]
         assert isinstance(field, web.FileField)
-        key = f"{form['filename']}.wav"
+        key = f"{form.get('filename')!s}.wav"
         await app["s3"].put_object(Bucket=bucket, Key=key, Body=field.file, ContentType="audio/wav")
         return web.json_response({"status": "success", "key": key})
 

@@ -23,6 +23,7 @@ def summarize(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
         mid = statistics.median(seconds)
         cpu = [r["cpu"] for r in runs if r["cpu"] is not None]
         tails = [r["tail"] for r in runs if r["tail"] is not None]
+        loops = [r["loop_cpu"] for r in runs if r.get("loop_cpu") is not None]
         out[(name, size)] = {
             "rounds": len(runs),
             "seconds": mid,
@@ -31,6 +32,7 @@ def summarize(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
             "peak_rss": max(r["peak_rss"] for r in runs),
             "cpu_per_gib": statistics.median(cpu) / (size / GIB) if cpu else None,
             "tail": statistics.median(tails) if tails else None,
+            "loop_per_gib": statistics.median(loops) / (size / GIB) if loops else None,
             "tmp_bytes": max(r["tmp_bytes"] for r in runs),
             "tmp_files": max(r["tmp_files"] for r in runs),
             "exact": all(r["exact"] for r in runs),
@@ -122,7 +124,8 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
         "",
         "### All contenders",
         "",
-        "| size | contender | MiB/s | spread | peak RSS MiB | CPU s/GiB | last byte -> answer s | TMPDIR peak | byte-exact |",
+        "| size | contender | MiB/s | spread | peak RSS MiB | CPU s/GiB (loop) "
+        "| last byte -> answer s | TMPDIR peak | byte-exact |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size in sizes:
@@ -131,6 +134,8 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
             if not row:
                 continue
             cpu = f"{row['cpu_per_gib']:.2f}" if row["cpu_per_gib"] is not None else "-"
+            if row["loop_per_gib"] is not None:
+                cpu += f" ({row['loop_per_gib']:.2f})"
             tail = f"{row['tail']:.3f}" if row["tail"] is not None else "-"
             tmp = f"{row['tmp_bytes'] / MIB:.0f} MiB in {row['tmp_files']} files" if row["tmp_files"] else "none"
             lines.append(
@@ -139,8 +144,9 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
             )
     lines += [
         "",
-        "CPU s/GiB is the server process's CPU for streamproxy and naive (measured around the upload), "
-        "and the whole process's CPU including start-up for direct and rclone.",
+        "CPU s/GiB is the server process's CPU for streamproxy and naive (measured around the upload; in "
+        "brackets the event loop's thread alone), and the whole process's CPU including start-up for direct "
+        "and rclone.",
     ]
     conc = result.get("concurrent")
     if conc:
@@ -175,12 +181,15 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
             "| case | size | seconds | MiB/s | peak RSS MiB | last byte -> answer s |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        for label, text in (("normal", "filename before the file"), ("late", "filename after the file (staged + copied)")):
+        for label, text in (
+            ("normal", "filename before the file"),
+            ("late", "filename after the file (staged + copied)"),
+        ):
             row = moto.get(label)
             if row:
                 lines.append(
-                    f"| {text} | {_size(row['size'])} | {row['seconds']:.2f} | {row['size'] / MIB / row['seconds']:.0f} "
-                    f"| {row['peak_rss'] / MIB:.1f} | {row['tail']:.2f} |"
+                    f"| {text} | {_size(row['size'])} | {row['seconds']:.2f} | "
+                    f"{row['size'] / MIB / row['seconds']:.0f} | {row['peak_rss'] / MIB:.1f} | {row['tail']:.2f} |"
                 )
         row = moto.get("large")
         if row:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import post_recording
-from .measure import MIB, TmpWatch, byte_exact, cpu_seconds, status_kib, wait_http, wait_rusage
+from .measure import MIB, TmpWatch, byte_exact, cpu_seconds, status_kib, wait_cpu, wait_http
 
 GIB = 1024 * MIB
 BUCKET = "bench"
@@ -58,6 +58,7 @@ class Run:
     peak_rss: int
     cpu: float | None = None
     tail: float | None = None
+    loop_cpu: float | None = None  # the event loop's thread (the main thread) of a proxy
     tmp_bytes: int = 0
     tmp_files: int = 0
     exact: bool = False
@@ -97,10 +98,10 @@ class Bench:
         proc = self.server(argv, port, tmp)
         key = uuid.uuid4().hex[:12]
         try:
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0, loop0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, proc.pid)
             with TmpWatch(tmp, proc.pid) as watch:
                 result = post_recording("127.0.0.1", port, "/recordings", str(file), key, **post)
-            cpu = cpu_seconds(proc.pid) - cpu0
+            cpu, loop = cpu_seconds(proc.pid) - cpu0, cpu_seconds(proc.pid, proc.pid) - loop0
             peak = status_kib(proc.pid) * 1024
         finally:
             stop(proc)
@@ -114,6 +115,7 @@ class Bench:
             peak,
             cpu=cpu,
             tail=result.tail,
+            loop_cpu=loop,
             tmp_bytes=watch.peak_bytes,
             tmp_files=watch.peak_files,
             exact=byte_exact(file, self.record(f"{key}.wav")),
@@ -141,8 +143,9 @@ class Bench:
         proc = subprocess.Popen(
             argv, env={**env, "TMPDIR": str(tmp)}, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        with TmpWatch(tmp, proc.pid) as watch:
-            code, peak, cpu = wait_rusage(proc)
+        with TmpWatch(tmp, proc.pid, interval=0.01) as watch:
+            code, cpu = wait_cpu(proc)
+        peak = watch.peak_rss
         seconds = time.perf_counter() - started
         out = proc.stdout.read() if proc.stdout else b""
         err = proc.stderr.read() if proc.stderr else b""
@@ -167,7 +170,15 @@ class Bench:
 
     def direct(self, file: Path, endpoint: str | None = None) -> Run:
         key = uuid.uuid4().hex[:12]
-        argv = [PY, "-m", "bench.direct", str(file), f"s3://{BUCKET}/{key}", "--endpoint-url", endpoint or self.endpoint]
+        argv = [
+            PY,
+            "-m",
+            "bench.direct",
+            str(file),
+            f"s3://{BUCKET}/{key}",
+            "--endpoint-url",
+            endpoint or self.endpoint,
+        ]
         return self.child("direct", argv, file, key, base_env())
 
     def rclone(self, file: Path) -> Run:
@@ -192,9 +203,7 @@ class Bench:
             cpu0 = cpu_seconds(proc.pid)
             started = time.perf_counter()
             with TmpWatch(tmp, proc.pid) as watch, concurrent.futures.ThreadPoolExecutor(uploads) as pool:
-                results = list(
-                    pool.map(lambda k: post_recording("127.0.0.1", port, "/recordings", str(file), k), keys)
-                )
+                results = list(pool.map(lambda k: post_recording("127.0.0.1", port, "/recordings", str(file), k), keys))
             seconds = time.perf_counter() - started
             cpu = cpu_seconds(proc.pid) - cpu0
             peak = status_kib(proc.pid) * 1024
@@ -276,7 +285,11 @@ def loadavg() -> float:
 
 def machine() -> dict[str, str]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
@@ -304,14 +317,14 @@ def machine() -> dict[str, str]:
         "aiohttp": aiohttp.__version__,
         "aiobotocore": aiobotocore.__version__,
         "botocore": botocore.__version__,
-        "uvloop": uvloop.__version__,
+        "uvloop": str(getattr(uvloop, "__version__", "?")),
         "rclone": version("rclone", "version"),
         "commit": version("git", "rev-parse", "--short", "HEAD"),
     }
 
 
 def run_all(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamproxy-bench-"))
+    workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "streamproxy-bench")
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "data"
     data.mkdir(exist_ok=True)
@@ -334,7 +347,8 @@ def run_all(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
                     out["runs"].append({**run.__dict__, "round": rnd})
                     log(
                         f"{name:12s} {size // MIB:6d} MiB round {rnd}: {run.mib_s:7.1f} MiB/s, "
-                        f"peak RSS {run.peak_rss / MIB:6.1f} MiB, cpu {run.cpu or 0:5.2f} s, "
+                        f"peak RSS {run.peak_rss / MIB:6.1f} MiB, cpu {run.cpu or 0:5.2f} s "
+                        f"(loop {run.loop_cpu or 0:5.2f} s), "
                         f"tmp {run.tmp_bytes / MIB:.0f} MiB, exact {run.exact}"
                     )
                 out["load"].append(loadavg())

@@ -143,7 +143,9 @@ class StandIn:
 
 
 def xml(text: str) -> web.Response:
-    return web.Response(body=('<?xml version="1.0" encoding="UTF-8"?>\n' + text).encode(), content_type="application/xml")
+    return web.Response(
+        body=('<?xml version="1.0" encoding="UTF-8"?>\n' + text).encode(), content_type="application/xml"
+    )
 
 
 def error(status: int, code: str) -> web.Response:
