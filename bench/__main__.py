@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .report import chart, markdown, write_doc
-from .run import CONTENDERS, run_all
+from .run import CONTENDERS, EXTRA_CONTENDERS, run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 3 rounds (a few minutes)")
     parser.add_argument("--sizes", type=float, nargs="+", help="recording sizes in MiB (default 64 1024 4096)")
     parser.add_argument("--rounds", type=int, help="rounds per size (default 5; quick 3)")
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS + EXTRA_CONTENDERS)
     parser.add_argument("--naive-max", type=int, default=4096, help="largest size in MiB given to the naive handler")
     parser.add_argument("--concurrent", type=int, default=100, help="simultaneous uploads (0: skip)")
     parser.add_argument("--concurrent-size", type=int, default=64, help="MiB per concurrent upload")

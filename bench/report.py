@@ -11,6 +11,7 @@ from .measure import MIB
 GIB = 1024 * MIB
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DEFAULT_BUFFER = 256 * MIB
+NAMES = ("streamproxy", "streamproxy_crc32", "direct", "rclone", "naive")
 
 
 def summarize(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -129,7 +130,7 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size in sizes:
-        for name in ("streamproxy", "direct", "rclone", "naive"):
+        for name in NAMES:
             row = table.get((name, size))
             if not row:
                 continue
@@ -217,7 +218,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     table = summarize(result)
     sizes = sorted({size for _, size in table})
-    names = [n for n in ("streamproxy", "direct", "rclone", "naive") if any((n, s) in table for s in sizes)]
+    names = [n for n in NAMES if any((n, s) in table for s in sizes)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in names:
         xs = [s / MIB for s in sizes if (name, s) in table]

@@ -26,6 +26,8 @@ from .measure import MIB, TmpWatch, byte_exact, cpu_seconds, status_kib, wait_cp
 GIB = 1024 * MIB
 BUCKET = "bench"
 CONTENDERS = ("streamproxy", "direct", "rclone", "naive")
+# Not in the default set: streamproxy with --checksum crc32 (what the MD5 default costs).
+EXTRA_CONTENDERS = ("streamproxy_crc32",)
 PY = sys.executable
 
 
@@ -131,6 +133,11 @@ class Bench:
     def streamproxy(self, file: Path) -> Run:
         port = free_port()
         return self.through_server("streamproxy", self.streamproxy_argv(port), port, file)
+
+    def streamproxy_crc32(self, file: Path) -> Run:
+        port = free_port()
+        argv = self.streamproxy_argv(port, "--checksum", "crc32")
+        return self.through_server("streamproxy_crc32", argv, port, file)
 
     def naive(self, file: Path) -> Run:
         port = free_port()
@@ -335,7 +342,7 @@ def run_all(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     standin = start_standin(port)
     endpoint = f"http://127.0.0.1:{port}"
     bench = Bench(workdir, endpoint, log)
-    contenders = [c for c in CONTENDERS if c in args.contenders]
+    contenders = [c for c in (*CONTENDERS, *EXTRA_CONTENDERS) if c in args.contenders]
     try:
         for size in sizes:
             for rnd in range(args.rounds):
