@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .report import chart, markdown, write_doc
 from .run import CONTENDERS, EXTRA_CONTENDERS, run_all
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the TMPDIRs")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"), help="'-' to only print")
+    parser.add_argument("--report", metavar="JSON", help="only rewrite the table and chart from a results file")
     args = parser.parse_args(argv)
+    if args.report:
+        result = json.loads(Path(args.report).read_text())
+        return publish(result, args.doc)
     if args.sizes is None:
         args.sizes = [64, 256, 1024] if args.quick else [64, 1024, 4096]
     if args.rounds is None:
@@ -51,15 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, default=str))
+    return publish(result, args.doc)
+
+
+def publish(result: dict[str, Any], doc: str) -> int:
+    """Print the table; unless ``doc`` is '-', rewrite its bench section and the chart beside it."""
     png = None
-    if args.doc != "-":
-        png_path = Path(args.doc).with_suffix(".png")
+    if doc != "-":
+        png_path = Path(doc).with_suffix(".png")
         chart(result, png_path)
         png = png_path.name
     text = markdown(result, png)
     print(text)
-    if args.doc != "-":
-        write_doc(Path(args.doc), text)
+    if doc != "-":
+        write_doc(Path(doc), text)
     return 0
 
 

@@ -223,7 +223,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
     for name in names:
         xs = [s / MIB for s in sizes if (name, s) in table]
         ys = [table[(name, s)]["peak_rss"] / MIB for s in sizes if (name, s) in table]
-        left.plot(xs, ys, marker="o", label=name)
+        on_disk = any(table[(name, s)]["tmp_bytes"] for s in sizes if (name, s) in table)
+        left.plot(xs, ys, marker="o", label=f"{name} (+ the whole recording in TMPDIR)" if on_disk else name)
     left.set_xscale("log", base=2)
     left.set_xticks([s / MIB for s in sizes], [_size(s) for s in sizes])
     left.set_xlabel("recording length")
