@@ -45,7 +45,10 @@ __all__ = [
 
 log = structlog.get_logger("streamproxy.ingest")
 
-READ_CHUNK = 1024 * 1024  # an upper bound: reads return what the socket has
+# An upper bound per read: a read returns what aiohttp has buffered. An upload waiting for a part
+# buffer holds its last chunk and the multipart reader's look-behind chunk; at 1 MiB that was
+# ~250 MiB over the budget with 100 uploads in flight, at 64 KiB it is a few MiB (docs/benchmarks.md).
+READ_CHUNK = 64 * 1024
 MAX_PARTS = 64  # form parts per request
 MAX_FIELD_BYTES = 64 * 1024  # one text field
 MAX_FIELDS_BYTES = 512 * 1024  # all text fields together

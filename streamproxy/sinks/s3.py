@@ -49,6 +49,8 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import http_writer, payload
+from botocore import auth
+from botocore.auth import S3SigV4Auth
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -174,12 +176,17 @@ def _zero_copy_writes() -> None:
 
 
 class PartBody:
-    """A part's bytes as botocore wants a body: sized, readable, seekable (so retries can rewind)."""
+    """A part's bytes as botocore wants a body: sized, readable, seekable (so retries can rewind).
 
-    __slots__ = ("_position", "view")
+    ``sha256`` is the hex digest of the bytes when it was computed off the event loop; the signer
+    then uses it instead of reading the body again (see ``PrehashedS3SigV4Auth``).
+    """
 
-    def __init__(self, view: memoryview) -> None:
+    __slots__ = ("_position", "sha256", "view")
+
+    def __init__(self, view: memoryview, sha256: str | None = None) -> None:
         self.view = view
+        self.sha256 = sha256
         self._position = 0
 
     def __len__(self) -> int:
@@ -210,6 +217,39 @@ def _part_payload(value: PartBody, *args: Any, **kwargs: Any) -> payload.BytesPa
 payload.register_payload(_part_payload, PartBody)  # type: ignore[arg-type]  # any factory works
 
 
+class PrehashedS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]  # botocore is untyped
+    """SigV4 for S3 that takes a part's payload sha256 from its ``PartBody`` when one was computed.
+
+    botocore hashes the whole body for the signature on plain-HTTP endpoints (and on HTTPS when no
+    Content-MD5 is sent), synchronously, on the event loop: a quarter of the loop's time in a
+    profiled 1 GiB upload. The sink computes that digest in a worker thread instead, next to the
+    part checksum, and this signer uses it. The signature covers the same bytes either way.
+    """
+
+    def payload(self, request: Any) -> str:
+        """Return the precomputed digest of a ``PartBody`` if the payload is to be signed, else defer."""
+        body = request.body
+        if (
+            isinstance(body, PartBody)
+            and body.sha256 is not None
+            and not self._is_streaming_checksum_payload(request)
+            and self._should_sha256_sign_payload(request)
+        ):
+            return body.sha256
+        return str(super().payload(request))
+
+
+def _use_prehashed_signer() -> None:
+    # aiobotocore looks the signer class up in this table for every request.
+    if auth.AUTH_TYPE_MAPS.get("s3v4") is S3SigV4Auth:
+        auth.AUTH_TYPE_MAPS["s3v4"] = PrehashedS3SigV4Auth
+
+
+def _part_digests(algorithm: str, body: memoryview, payload_sha256: bool) -> tuple[dict[str, str], str | None]:
+    """Return the part checksum arguments and, if the signer needs it, the payload sha256 (run in a thread)."""
+    return _checksum_args(algorithm, body), hashlib.sha256(body).hexdigest() if payload_sha256 else None
+
+
 def _checksum_args(algorithm: str, body: memoryview) -> dict[str, str]:
     if algorithm == "md5":
         return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
@@ -233,6 +273,8 @@ class S3Sink:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._key_locks: dict[str, asyncio.Lock] = {}
+        # botocore signs the payload (sha256 of every part) unless it goes over HTTPS with a Content-MD5.
+        self.payload_sha256 = (options.endpoint_url or "https:").startswith("http:") or options.checksum != "md5"
         self.observe: Callable[[str, float, int], None] = lambda operation, seconds, retries: None
 
     async def start(self) -> None:
@@ -249,6 +291,7 @@ class S3Sink:
             signature_version="s3v4",  # presigned links too: SigV2 links are refused in most regions
         )
         _zero_copy_writes()
+        _use_prehashed_signer()
         session = get_session()
         self._client = await self._stack.enter_async_context(
             # verify=None keeps botocore's default (verification on, AWS_CA_BUNDLE honoured); never False.
@@ -502,14 +545,14 @@ class S3Writer:
     async def _upload_part(self, number: int, part: PartBuffer) -> None:
         try:
             body = part.view
-            checksum = await asyncio.to_thread(_checksum_args, self._o.checksum, body)
+            checksum, digest = await asyncio.to_thread(_part_digests, self._o.checksum, body, self._sink.payload_sha256)
             response = await self._sink.call(
                 "UploadPart",
                 Bucket=self._o.bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=PartBody(body),
+                Body=PartBody(body, digest),
                 **checksum,
             )
             entry: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
@@ -566,11 +609,11 @@ class S3Writer:
         single, self._single = self._single, None
         try:
             body = single.view if single is not None else memoryview(b"")
-            checksum = await asyncio.to_thread(_checksum_args, self._o.checksum, body)
+            checksum, digest = await asyncio.to_thread(_part_digests, self._o.checksum, body, self._sink.payload_sha256)
             kwargs: dict[str, Any] = dict(
                 Bucket=self._o.bucket,
                 Key=self._key,
-                Body=PartBody(body),
+                Body=PartBody(body, digest),
                 ContentType=self._content_type,
                 Metadata={**self._metadata, **extra},
                 **checksum,
