@@ -26,6 +26,7 @@ from .config import (
     DEFAULT_PRESIGN_EXPIRES,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_S3_MAX_ATTEMPTS,
+    DEFAULT_S3_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STORAGE,
     ConfigError,
@@ -145,6 +146,12 @@ def _storage_options(options: _Options) -> None:
         int,
         DEFAULT_S3_MAX_ATTEMPTS,
         "tries per S3 call (retries back off on throttling, 5xx and connection errors)",
+    )
+    options.add(
+        "--s3-timeout",
+        parse_duration,
+        DEFAULT_S3_TIMEOUT,
+        "seconds one S3 request attempt may go without progress before it is retried or fails",
     )
     options.add("--part-size", parse_size, DEFAULT_PART_SIZE, "bytes per multipart part, at least 5MiB")
     options.add("--part-concurrency", int, DEFAULT_PART_CONCURRENCY, "parts of one upload sent at once")

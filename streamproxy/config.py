@@ -49,6 +49,7 @@ DEFAULT_FILE_FIELD = "recording"
 DEFAULT_CHECKSUM = "md5"
 CHECKSUMS = ("md5", "crc32", "sha256", "none")
 DEFAULT_S3_MAX_ATTEMPTS = 5
+DEFAULT_S3_TIMEOUT = 60.0
 DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_UPLOAD_SECONDS = 3600.0
@@ -172,6 +173,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS
+    s3_timeout: float = DEFAULT_S3_TIMEOUT
     part_size: int = DEFAULT_PART_SIZE
     part_concurrency: int = DEFAULT_PART_CONCURRENCY
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
@@ -237,6 +239,8 @@ class Settings:
             )
         if self.s3_max_attempts < 1:
             raise ConfigError("--s3-max-attempts must be at least 1")
+        if self.s3_timeout <= 0:
+            raise ConfigError("--s3-timeout must be positive")
         if self.read_timeout <= 0:
             raise ConfigError("--read-timeout must be positive")
         if self.max_concurrent_uploads < 1:

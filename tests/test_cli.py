@@ -41,6 +41,7 @@ def test_environment_fills_in_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> 
         (["serve", "--key-template", "fixed.wav"], {}, "no variable"),
         (["serve", "--key-template", "{filename}/../x.wav"], {}, "'..' segment"),
         (["serve", "--max-buffer-bytes", "6MiB"], {}, "--max-buffer-bytes"),
+        (["serve", "--s3-timeout", "0"], {}, "--s3-timeout"),
         (["serve"], {"STREAMPROXY_PART_SIZE": "lots"}, "STREAMPROXY_PART_SIZE"),
         (["serve", "--storage", "s3://calls/", "--max-upload-bytes", "100GiB"], {}, "10000 parts"),
         (["serve", "--shutdown-timeout", "soon"], {}, "--shutdown-timeout"),

@@ -135,6 +135,8 @@ def build_sink(settings: Settings) -> Sink:
                 object_lock_days=settings.object_lock_days,
                 object_lock_legal_hold=settings.object_lock_legal_hold,
                 tags=settings.tags,
+                read_timeout=settings.s3_timeout,
+                connect_timeout=min(10.0, settings.s3_timeout),
                 # every buffer in the budget may be on the wire at once, plus room for control calls
                 max_pool_connections=capacity + 8,
             )
