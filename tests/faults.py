@@ -31,6 +31,7 @@ Every request and every injected fault is recorded, so a test can assert how man
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -126,9 +127,14 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        listener = socket.socket()
+        # A small receive window (inherited by accepted sockets) makes "stall" block the sender
+        # for real: with Linux's autotuning a whole 5 MiB part would vanish into kernel buffers.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        site = web.SockSite(self._runner, listener)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
         return self
 

@@ -174,8 +174,10 @@ async def test_failed_abort_is_logged_and_swept(client_for, proxy, bucket, s3, m
 
 HUNG = [
     ("single", "put", "hang"),
+    ("single", "put", "stall"),
     ("multi", "create", "hang"),
     ("multi", "part", "hang"),
+    ("multi", "part", "stall"),
     ("multi", "complete", "hang"),
     ("late_multi", "copy-part", "hang"),
     ("late_single", "complete", "hang"),
@@ -188,7 +190,7 @@ async def test_hung_call_times_out_cleanly(client_for, proxy, bucket, s3, shape,
     client = await _start(client_for, proxy, bucket, s3_timeout=1.0, s3_max_attempts=2)
     proxy.add(operation, action, times=None)
     started = time.monotonic()
-    status, body, _ = await _upload(client, shape)
+    status, body, _ = await asyncio.wait_for(_upload(client, shape), 30)
     elapsed = time.monotonic() - started
     assert status == 504 and body["error"] == "storage_timeout", body
     assert elapsed < 12, f"a hung S3 call held the upload for {elapsed:.1f}s"

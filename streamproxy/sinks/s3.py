@@ -180,13 +180,15 @@ class PartBody:
 
     ``sha256`` is the hex digest of the bytes when it was computed off the event loop; the signer
     then uses it instead of reading the body again (see ``PrehashedS3SigV4Auth``).
+    ``stall_timeout`` bounds each slice of the send (see ``_PartPayload``).
     """
 
-    __slots__ = ("_position", "sha256", "view")
+    __slots__ = ("_position", "sha256", "stall_timeout", "view")
 
-    def __init__(self, view: memoryview, sha256: str | None = None) -> None:
+    def __init__(self, view: memoryview, sha256: str | None = None, stall_timeout: float | None = None) -> None:
         self.view = view
         self.sha256 = sha256
+        self.stall_timeout = stall_timeout
         self._position = 0
 
     def __len__(self) -> int:
@@ -210,8 +212,34 @@ class PartBody:
         return chunk
 
 
+SEND_SLICE = 1024 * 1024
+
+
+class _PartPayload(payload.BytesPayload):
+    """Send a part in slices, each of which must leave within the stall timeout.
+
+    aiohttp starts its read timeout only once the whole body is written, so a store that stops
+    reading mid-body would otherwise hold the upload forever on a blocked write.
+    """
+
+    def __init__(self, value: memoryview, stall_timeout: float | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(value, *args, **kwargs)
+        self._view = value
+        self._stall_timeout = stall_timeout
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        view = self._view if content_length is None else self._view[:content_length]
+        for start in range(0, len(view), SEND_SLICE):
+            # TimeoutError reaches aiobotocore as ReadTimeoutError: retried, then 504.
+            async with asyncio.timeout(self._stall_timeout):
+                await writer.write(view[start : start + SEND_SLICE])
+
+
 def _part_payload(value: PartBody, *args: Any, **kwargs: Any) -> payload.BytesPayload:
-    return payload.BytesPayload(value.view, *args, **kwargs)
+    return _PartPayload(value.view, value.stall_timeout, *args, **kwargs)
 
 
 payload.register_payload(_part_payload, PartBody)  # type: ignore[arg-type]  # any factory works
@@ -552,7 +580,7 @@ class S3Writer:
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=PartBody(body, digest),
+                Body=PartBody(body, digest, self._o.read_timeout),
                 **checksum,
             )
             entry: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
@@ -613,7 +641,7 @@ class S3Writer:
             kwargs: dict[str, Any] = dict(
                 Bucket=self._o.bucket,
                 Key=self._key,
-                Body=PartBody(body, digest),
+                Body=PartBody(body, digest, self._o.read_timeout),
                 ContentType=self._content_type,
                 Metadata={**self._metadata, **extra},
                 **checksum,
