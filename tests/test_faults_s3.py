@@ -146,6 +146,18 @@ async def test_persistent_fault_is_a_clean_failure(client_for, proxy, bucket, s3
     await _assert_stored(s3, bucket, ok_body, ok_data, key="rec/after.wav")
 
 
+@pytest.mark.parametrize("attempts", [1, 3])
+async def test_s3_max_attempts_is_the_number_of_tries(client_for, proxy, bucket, s3, attempts) -> None:
+    """--s3-max-attempts N sends a failing call exactly N times, then reports the failure."""
+    client = await _start(client_for, proxy, bucket, s3_max_attempts=attempts)
+    proxy.add("put", "500", times=None)
+    status, body, _ = await _upload(client, "single")
+    assert status == 502 and body["error"] == "storage_failed", body
+    assert "InternalError" in body["message"]
+    assert proxy.requests["put"] == attempts
+    await _assert_nothing(s3, bucket)
+
+
 @pytest.mark.parametrize("shape", ["multi", "late_multi"])
 async def test_failed_abort_is_logged_and_swept(client_for, proxy, bucket, s3, moto_endpoint, shape) -> None:
     """Parts fail and so does every abort: the client gets a failure, `abort_failed` is logged, sweep cleans up."""

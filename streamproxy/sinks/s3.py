@@ -310,7 +310,8 @@ class S3Sink:
         o = self.options
         config = AioConfig(
             max_pool_connections=o.max_pool_connections,
-            retries={"max_attempts": o.max_attempts, "mode": "standard"},
+            # botocore's "max_attempts" counts retries, not tries; "total_max_attempts" is what the flag means
+            retries={"total_max_attempts": o.max_attempts, "mode": "standard"},
             connect_timeout=o.connect_timeout,
             read_timeout=o.read_timeout,
             request_checksum_calculation="when_required",
