@@ -19,6 +19,8 @@ get        any other ``GET`` (objects, listings)
 A ``Fault`` names an operation, an action and how many matching requests it hits:
 
 * ``500`` / ``503``: an S3 XML error (``InternalError`` / ``SlowDown``) after reading the body;
+* ``404`` / ``412``: ``NoSuchUpload`` / ``PreconditionFailed``, what S3 answers a retried complete
+  or conditional write whose first attempt already succeeded;
 * ``reset``: read part of the body (half, at most 64 KiB), then abort the TCP connection;
 * ``delay``: wait ``seconds``, then forward;
 * ``hang``: read the body, then never answer (until the proxy stops);
@@ -41,11 +43,13 @@ from aiohttp import web
 __all__ = ["OPERATIONS", "Fault", "FaultProxy", "classify"]
 
 OPERATIONS = ("create", "part", "copy-part", "put", "complete", "abort", "delete", "head", "tagging", "get")
-ACTIONS = ("500", "503", "reset", "delay", "hang", "stall", "drop")
+ACTIONS = ("500", "503", "404", "412", "reset", "delay", "hang", "stall", "drop")
 
 _ERRORS = {
     "500": ("InternalError", "We encountered an internal error. Please try again."),
     "503": ("SlowDown", "Please reduce your request rate."),
+    "404": ("NoSuchUpload", "The specified multipart upload does not exist."),
+    "412": ("PreconditionFailed", "At least one of the pre-conditions you specified did not hold"),
 }
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "date", "server"}
 
@@ -157,7 +161,7 @@ class FaultProxy:
         fault = self._pick(operation, request.path)
         if fault is not None:
             self.injected[f"{operation}:{fault.action}"] += 1
-            if fault.action in ("500", "503"):
+            if fault.action in _ERRORS:
                 await request.read()
                 code, message = _ERRORS[fault.action]
                 xml = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"

@@ -26,6 +26,7 @@ MULTI = 2 * PART + 7  # three parts: create, 3 x part, complete
 #   single: put                    multi: create, part, complete
 #   late (file before filename): create/part/complete (or put) to staging, create, copy-part,
 #   complete on the final key, delete of the staging object
+STAGING = ".streamproxy-staging/"
 SHAPES = {
     "single": ("filename_first", SMALL),
     "multi": ("filename_first", MULTI),
@@ -207,3 +208,102 @@ async def test_hung_call_times_out_cleanly(client_for, proxy, bucket, s3, shape,
     assert status == 504 and body["error"] == "storage_timeout", body
     assert elapsed < 12, f"a hung S3 call held the upload for {elapsed:.1f}s"
     await _assert_nothing(s3, bucket)
+
+
+# --- the store did it, but its answer was lost --------------------------------------------------
+
+LOST = [
+    ("single", "put", None),
+    ("multi", "part", None),
+    ("multi", "complete", None),
+    ("late_single", "put", STAGING),
+    ("late_single", "complete", "rec/call-1"),
+    ("late_multi", "complete", STAGING),
+    ("late_multi", "copy-part", None),
+    ("late_multi", "complete", "rec/call-1"),
+]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize(("shape", "operation", "key"), LOST)
+async def test_lost_answer_is_neither_failure_nor_duplicate(
+    client_for, proxy, bucket, s3, shape, operation, key, overwrite
+) -> None:
+    """The write took effect and only its answer was lost: the retry reports success, one object, byte-exact."""
+    client = await _start(client_for, proxy, bucket, overwrite=overwrite)
+    proxy.add(operation, "drop", times=1, key_contains=key)
+    status, body, data = await _upload(client, shape)
+    assert status == 200, body
+    assert proxy.injected[f"{operation}:drop"] == 1
+    await _assert_stored(s3, bucket, body, data)
+
+
+RETRY_ANSWERS = [
+    ("single", "put", None, "412"),
+    ("multi", "complete", None, "404"),
+    ("multi", "complete", None, "412"),
+    ("late_single", "complete", "rec/call-1", "404"),
+    ("late_multi", "complete", "rec/call-1", "412"),
+]
+
+
+@pytest.mark.parametrize(("shape", "operation", "key", "answer"), RETRY_ANSWERS)
+async def test_retry_refused_after_a_lost_answer_is_confirmed(
+    client_for, proxy, bucket, s3, shape, operation, key, answer
+) -> None:
+    """The first final write took effect, the retry is refused (412 / NoSuchUpload): HeadObject confirms it is ours."""
+    client = await _start(client_for, proxy, bucket)
+    proxy.add(operation, "drop", times=1, key_contains=key)
+    proxy.add(operation, answer, times=1, key_contains=key)
+    status, body, data = await _upload(client, shape)
+    assert status == 200, body
+    assert proxy.injected[f"{operation}:drop"] == proxy.injected[f"{operation}:{answer}"] == 1
+    assert proxy.requests["head"] >= 1
+    await _assert_stored(s3, bucket, body, data)
+
+
+async def test_lost_answer_while_another_upload_owns_the_key(client_for, proxy, bucket, s3) -> None:
+    """A lost complete is not mistaken for ours when the key holds someone else's object: 409, theirs intact."""
+    client = await _start(client_for, proxy, bucket)
+    s3.put_object(Bucket=bucket, Key="rec/call-1.wav", Body=b"theirs")
+    proxy.add("complete", "drop", times=1)
+    status, body, _ = await _upload(client, "multi")
+    assert status == 409 and body["error"] == "exists", body
+    await _settled(s3, bucket)
+    assert objects(s3, bucket) == {"rec/call-1.wav": b"theirs"}
+    assert incomplete_uploads(s3, bucket) == []
+
+
+async def _sweep(moto_endpoint: str, bucket: str) -> list[tuple[str, str]]:
+    sink = S3Sink(S3Options(bucket=bucket, prefix="rec/", endpoint_url=moto_endpoint))
+    await sink.start()
+    try:
+        return [(item.kind, item.key) for item in await sink.sweep(0, dry_run=False)]
+    finally:
+        await sink.close()
+
+
+async def test_lost_create_answer_leaves_an_upload_for_sweep(client_for, proxy, bucket, s3, moto_endpoint) -> None:
+    """A CreateMultipartUpload whose answer is lost opens an upload nobody knows: stored anyway, sweep removes it."""
+    client = await _start(client_for, proxy, bucket)
+    proxy.add("create", "drop", times=1)
+    status, body, data = await _upload(client, "multi")
+    assert status == 200, body
+    assert sha256(objects(s3, bucket)["rec/call-1.wav"]) == sha256(data)
+    assert incomplete_uploads(s3, bucket) == ["rec/call-1.wav"]
+    assert await _sweep(moto_endpoint, bucket) == [("multipart_upload", "rec/call-1.wav")]
+    assert incomplete_uploads(s3, bucket) == []
+    assert sha256(objects(s3, bucket)["rec/call-1.wav"]) == sha256(data)
+
+
+@pytest.mark.parametrize("action", ["500", "drop"])
+async def test_failed_tagging_keeps_the_stored_recording(client_for, proxy, bucket, s3, action) -> None:
+    """Tags are written after the object: losing them is a warning, the recording is reported stored."""
+    client = await _start(client_for, proxy, bucket, s3_max_attempts=1)
+    proxy.add("tagging", action, times=None)
+    with structlog.testing.capture_logs() as logs:
+        status, body, data = await _upload(client, "multi")
+    assert status == 200, body
+    assert proxy.injected[f"tagging:{action}"] >= 1
+    assert action == "drop" or any(e["event"] == "tagging_failed" for e in logs)
+    await _assert_stored(s3, bucket, body, data)
