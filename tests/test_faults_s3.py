@@ -307,3 +307,22 @@ async def test_failed_tagging_keeps_the_stored_recording(client_for, proxy, buck
     assert proxy.injected[f"tagging:{action}"] >= 1
     assert action == "drop" or any(e["event"] == "tagging_failed" for e in logs)
     await _assert_stored(s3, bucket, body, data)
+
+
+@pytest.mark.parametrize("shape", ["late_single", "late_multi"])
+async def test_failed_staging_delete_keeps_the_stored_recording(
+    client_for, proxy, bucket, s3, moto_endpoint, shape
+) -> None:
+    """The recording reached its key, only the staging copy could not be deleted: success, and sweep removes it."""
+    client = await _start(client_for, proxy, bucket, s3_max_attempts=1)
+    proxy.add("delete", "500", times=None, key_contains=STAGING)
+    with structlog.testing.capture_logs() as logs:
+        status, body, data = await _upload(client, shape)
+    assert status == 200, body
+    assert any(e["event"] == "staging_delete_failed" for e in logs)
+    stored = objects(s3, bucket)
+    assert sha256(stored.pop("rec/call-1.wav")) == sha256(data)
+    assert [k.startswith("rec/" + STAGING) for k in stored] == [True]
+    swept = await _sweep(moto_endpoint, bucket)
+    assert [kind for kind, _ in swept] == ["staging_object"]
+    await _assert_stored(s3, bucket, body, data)

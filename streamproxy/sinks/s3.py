@@ -727,7 +727,12 @@ class S3Writer:
         )
         await self._final_write("CompleteMultipartUpload", final_key, kwargs, conditional=True)
         self._copy_upload_id = None
-        await self._delete_staging()
+        # The recording is stored now: a staging copy we cannot delete is sweep's job, not a failure.
+        try:
+            await self._delete_staging()
+        except (StorageError, KeyExists) as exc:
+            self._staging_written = False
+            log.error("staging_delete_failed", key=self._key, error=str(exc), hint="run streamproxy sweep")
 
     async def _tag(self, key: str, extra: Mapping[str, str]) -> None:
         # The object is stored at this point: a failed tag is worth a warning, not a failed upload.
