@@ -326,3 +326,15 @@ async def test_failed_staging_delete_keeps_the_stored_recording(
     swept = await _sweep(moto_endpoint, bucket)
     assert [kind for kind, _ in swept] == ["staging_object"]
     await _assert_stored(s3, bucket, body, data)
+
+
+async def test_unconfirmable_lost_answer_is_a_storage_failure(client_for, proxy, bucket, s3) -> None:
+    """A lost complete that cannot be confirmed (HeadObject fails too) is a 5xx, never a 409 `exists`."""
+    client = await _start(client_for, proxy, bucket, s3_max_attempts=2)
+    proxy.add("complete", "drop", times=1)
+    proxy.add("complete", "412", times=1)
+    proxy.add("head", "500", times=None)
+    status, body, _ = await _upload(client, "multi")
+    assert status in (502, 503), (body, proxy.requests, proxy.injected)
+    assert "HeadObject" in body["message"]
+    assert body["status"] == "failure" and body["error"].startswith("storage_"), body

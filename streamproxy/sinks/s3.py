@@ -407,11 +407,19 @@ class S3Sink:
         return S3Writer(self, key, content_type, metadata, tags or {})
 
     async def is_ours(self, key: str, token: str) -> bool:
-        """Whether ``key`` exists and was written by the upload that carries ``token``."""
+        """Whether ``key`` exists and was written by the upload that carries ``token``.
+
+        Raises ``StorageError`` when that cannot be told: answering 409 ``exists`` for what may be
+        our own stored recording would be a false claim.
+        """
         try:
             head = await self.call("HeadObject", Bucket=self.options.bucket, Key=key)
-        except (StorageError, KeyExists):
+        except KeyExists:
             return False
+        except StorageError as exc:
+            if exc.storage_code in ("404", "NoSuchKey"):
+                return False
+            raise
         return bool(head.get("Metadata", {}).get(UPLOAD_ID_META) == token)
 
     async def probe(self) -> None:
