@@ -109,11 +109,12 @@ async def test_sigkill_leaves_uploads_that_sweep_removes(moto_endpoint, bucket, 
             late = asyncio.ensure_future(session.post(f"{base}/recordings", data=form))
             await _until(lambda: len(incomplete_uploads(s3, bucket)) == len(names) + 1)
             proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            await asyncio.to_thread(proc.wait, 10)
             release.set()
-            results = await asyncio.gather(*tasks, late, return_exceptions=True)
-    assert all(r[0] == -1 for r in results[:-1]), results
-    assert isinstance(results[-1], aiohttp.ClientError)
+            results = await asyncio.gather(*tasks)
+            late_outcome = (await asyncio.gather(late, return_exceptions=True))[0]
+    assert all(status == -1 for status, _ in results), results
+    assert isinstance(late_outcome, aiohttp.ClientError)
     left = incomplete_uploads(s3, bucket)
     assert sorted(k for k in left if "staging" not in k) == [f"rec/{n}.wav" for n in names]
     assert len(left) == len(names) + 1
