@@ -33,6 +33,7 @@ Every request and every injected fault is recorded, so a test can assert how man
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,7 +75,10 @@ def classify(method: str, query: dict[str, str] | object, headers: dict[str, str
 
 @dataclass
 class Fault:
-    """Apply ``action`` to requests of ``operation``: skip the first ``after``, then hit ``times`` (None: all)."""
+    """Apply ``action`` to requests of ``operation``: skip the first ``after``, then hit ``times`` (None: all).
+
+    With ``rate`` below 1, each candidate request is hit with that probability (seeded, reproducible).
+    """
 
     operation: str
     action: str
@@ -82,12 +86,15 @@ class Fault:
     after: int = 0
     seconds: float = 0.0
     key_contains: str | None = None
+    rate: float = 1.0
+    seed: int = 0
     seen: int = 0
     hits: int = 0
 
     def __post_init__(self) -> None:
         if self.operation not in OPERATIONS or self.action not in ACTIONS:
             raise ValueError(f"unknown fault {self.operation}/{self.action}")
+        self._random = random.Random(self.seed)
 
     def take(self, operation: str, path: str) -> bool:
         """Count a matching request; return whether this one gets the fault."""
@@ -95,6 +102,8 @@ class Fault:
             return False
         self.seen += 1
         if self.seen <= self.after or (self.times is not None and self.hits >= self.times):
+            return False
+        if self.rate < 1.0 and self._random.random() >= self.rate:
             return False
         self.hits += 1
         return True

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -30,11 +31,16 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
 
 @contextmanager
 def streamproxy_server(
-    args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, tls_ca: Path | None = None
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    tls_ca: Path | None = None,
+    log: IO[bytes] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start ``python -m streamproxy serve ARGS`` on a free port; yield the process and its base URL.
 
     With ``tls_ca`` the server is expected to speak HTTPS with a certificate that CA signed.
+    Logs go to a pipe read at the end, or to ``log``: a long run must not fill the pipe and block the server.
     """
     port = free_port()
     proc = subprocess.Popen(
@@ -42,7 +48,7 @@ def streamproxy_server(
         env={**os.environ, **(env or {})},
         cwd=cwd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if log is None else log,
     )
     base = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
