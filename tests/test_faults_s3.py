@@ -39,6 +39,8 @@ SHAPES = {
 async def proxy(moto_endpoint: str) -> AsyncIterator[FaultProxy]:
     async with FaultProxy(moto_endpoint) as fault_proxy:
         yield fault_proxy
+    # `pytest -s tests/test_faults_s3.py | grep faults_injected` tallies the matrix for docs/reliability.md
+    print(f"faults_injected={sum(fault_proxy.injected.values())} s3_requests={sum(fault_proxy.requests.values())}")
 
 
 async def _start(client_for, proxy: FaultProxy, bucket: str, **overrides: Any):
