@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ PART = 5 * MIB
 # (size, weight): mostly short recordings, some crossing one and two part boundaries
 SIZES = [(1_000, 30), (64 * 1024, 30), (700 * 1024, 20), (PART + 1, 12), (2 * PART + 333, 8)]
 SHAPES = ("put", "form", "form_file_first")
+RSS_SAMPLE = 10
 
 
 @dataclass
@@ -64,6 +66,7 @@ class SoakReport:
     answers: Counter[str] = field(default_factory=Counter)
     losses: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    rss_samples: list[int] = field(default_factory=list)
     rss_kib: list[tuple[int, int]] = field(default_factory=list)
     race: list[tuple[int, int]] = field(default_factory=list)
     race_problems: list[str] = field(default_factory=list)
@@ -76,7 +79,7 @@ class SoakReport:
         return {k: v for k, v in self.answers.items() if k not in ("200", "503 busy")}
 
     def rss_growth(self) -> float:
-        """RSS at the last sample over RSS at the first (after ``rss_every`` uploads)."""
+        """RSS after the last window over RSS after the first (``rss_every`` uploads each)."""
         return self.rss_kib[-1][1] / self.rss_kib[0][1] if len(self.rss_kib) >= 2 else 1.0
 
     def problems(self) -> list[str]:
@@ -101,7 +104,7 @@ class SoakReport:
             f"| same-name races (winners, 409s) | {self.race} |",
             f"| duration | {self.seconds:.1f} s |",
             "",
-            "| uploads stored | server RSS (MiB) |",
+            f"| uploads stored | server RSS (MiB, median of {RSS_SAMPLE}-upload samples in the window) |",
             "| --- | --- |",
         ]
         lines += [f"| {count} | {kib / 1024:.1f} |" for count, kib in self.rss_kib]
@@ -180,8 +183,13 @@ async def _soak(
                     else:
                         report.stored += 1
                         report.bytes_stored += size
+                        if report.stored % RSS_SAMPLE == 0:
+                            report.rss_samples.append(rss_kib(pid, "VmRSS"))
                         if report.stored % cfg.rss_every == 0:
-                            report.rss_kib.append((report.stored, rss_kib(pid, "VmRSS")))
+                            # One reading swings with what is in flight at that instant: take the median
+                            # of the window's samples (one every RSS_SAMPLE uploads) as its level.
+                            window = report.rss_samples[-(cfg.rss_every // RSS_SAMPLE) :]
+                            report.rss_kib.append((report.stored, int(statistics.median(window))))
                 break
 
     await asyncio.gather(*(worker(w) for w in range(cfg.clients)))

@@ -20,7 +20,7 @@ from tests.faults import FaultProxy
 from tests.helpers import form
 
 SMALL = 1000  # one part: a single PutObject
-MULTI = 2 * PART + 7  # three parts: create, 3 x part, complete
+MULTI = PART + 7  # two parts: create, 2 x part, complete
 
 # How each upload shape reaches S3 (which operations it uses):
 #   single: put                    multi: create, part, complete
