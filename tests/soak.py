@@ -78,9 +78,12 @@ class SoakReport:
         """Answers other than 200 and 503 busy."""
         return {k: v for k, v in self.answers.items() if k not in ("200", "503 busy")}
 
-    def rss_growth(self) -> float:
-        """RSS after the last window over RSS after the first (``rss_every`` uploads each)."""
-        return self.rss_kib[-1][1] / self.rss_kib[0][1] if len(self.rss_kib) >= 2 else 1.0
+    def rss_growth(self, at: int = 1000) -> float:
+        """RSS after ``at`` uploads (or the last window, if fewer) over RSS after the first window."""
+        if len(self.rss_kib) < 2:
+            return 1.0
+        later = [kib for count, kib in self.rss_kib if count <= at][-1]
+        return later / self.rss_kib[0][1]
 
     def problems(self) -> list[str]:
         """Every broken promise, as sentences."""
@@ -339,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     print(report.table())
     first = report.rss_kib[0][0] if report.rss_kib else "-"
-    print(f"RSS growth from {first} uploads to the end: {report.rss_growth():.3f}")
+    print(f"RSS growth from {first} to 1000 uploads: {report.rss_growth():.3f}")
+    print(f"RSS growth from {first} uploads to the end: {report.rss_growth(at=report.stored):.3f}")
     for problem in report.problems():
         print("PROBLEM:", problem)
     return 1 if report.problems() or report.rss_growth() > 1.05 else 0
