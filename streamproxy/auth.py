@@ -211,6 +211,16 @@ class Guards:
 GUARDS = web.AppKey("guards", Guards)
 
 
+def client_address(request: web.Request) -> str | None:
+    """Return the client's address as the route's trusted proxies report it (else the TCP peer)."""
+    guards = request.app.get(GUARDS)
+    guard = guards.guard_for(request.match_info.route) if guards is not None else None
+    if guard is None or not guard.clients.trusted:
+        return request.remote
+    address = guard.clients.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
+    return str(address) if address is not None else request.remote
+
+
 def check_request(request: web.Request) -> None:
     """Apply the matched route's guard, if any (raises 403 or 401)."""
     guards = request.app.get(GUARDS)

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute, _default_expect_handler
 
-from .auth import check_request
+from .auth import check_request, client_address
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .manifest import RequestInfo, write_manifest
@@ -204,7 +204,7 @@ def _report(
     emit(
         "upload",
         outcome=outcome,
-        client=request.remote,
+        client=client_address(request),
         method=request.method,
         key=upload.stored.key if upload else stats.key,
         bytes=size,
@@ -362,7 +362,7 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
 def _request_info(request: web.Request, received_at: datetime) -> RequestInfo:
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     return RequestInfo(
-        client=request.remote,
+        client=client_address(request),
         user_agent=request.headers.get("User-Agent"),
         request_id=str(request_id) if request_id else None,
         received_at=received_at,

@@ -71,6 +71,16 @@ async def test_upload_line_carries_every_field(client_for, moto_endpoint, bucket
     assert line["log_level"] == "info"
 
 
+async def test_upload_line_names_the_client_behind_a_trusted_proxy(client_for, tmp_path, logs) -> None:
+    """Behind --trusted-proxy the line carries the X-Forwarded-For client; an untrusted header is ignored."""
+    client = await client_for(fs_settings(tmp_path, trusted_proxy=("127.0.0.1/32",)))
+    forwarded = {"X-Forwarded-For": "203.0.113.9", "Content-Type": "audio/wav"}
+    assert (await client.put("/recordings/via-proxy", data=b"x", headers=forwarded)).status == 200
+    direct = await client_for(fs_settings(tmp_path / "direct"))
+    assert (await direct.put("/recordings/spoofed", data=b"x", headers=forwarded)).status == 200
+    assert [line["client"] for line in events(logs, "upload")] == ["203.0.113.9", "127.0.0.1"]
+
+
 async def test_request_id_is_generated_and_bound_to_sink_lines(client_for, moto_endpoint, s3, logs) -> None:
     """Without X-Request-ID one is generated; storage failures log the S3 code under the same id."""
     client = await client_for(s3_settings(moto_endpoint, "no-such-bucket-here"))
