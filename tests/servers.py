@@ -21,6 +21,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def config_error(*argv: str, env: dict[str, str] | None = None) -> str:
+    """Run ``python -m streamproxy ARGV`` expecting a refusal: exit 2 and one line on stderr; return it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "streamproxy", *argv],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("streamproxy: error:"), result.stderr
+    return lines[0]
+
+
 def rss_kib(pid: int, field: str = "VmHWM") -> int:
     """A memory figure of a process from /proc (VmHWM is the peak resident set)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

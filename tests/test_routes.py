@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +13,7 @@ from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError, Settings
 from tests.conftest import PART, objects, payload, sha256
 from tests.helpers import form
+from tests.servers import config_error
 
 
 def _settings(tmp_path: Path, text: str, *extra: str) -> Settings:
@@ -175,17 +174,7 @@ def test_bad_route_files_are_refused_with_one_line(tmp_path: Path, text: str, ne
 
 def test_missing_config_file_stops_the_process(tmp_path: Path) -> None:
     """`streamproxy serve --config missing.toml` exits 2 with one line."""
-    result = subprocess.run(
-        [sys.executable, "-m", "streamproxy", "serve", "--config", str(tmp_path / "missing.toml")],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "missing.toml: cannot read it" in lines[0] and lines[0].startswith("streamproxy: error:")
+    assert "missing.toml: cannot read it" in config_error("serve", "--config", str(tmp_path / "missing.toml"))
 
 
 def test_tokens_are_not_printed(tmp_path: Path) -> None:
