@@ -1,0 +1,51 @@
+"""--checksum: each part carries the integrity value S3 verifies, on the single-PUT and multipart paths."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+
+import pytest
+
+from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
+from tests.helpers import form
+
+HEADERS = {"md5": "content-md5", "crc32": "x-amz-checksum-crc32", "sha256": "x-amz-checksum-sha256"}
+
+
+def expected(algorithm: str, data: bytes) -> str:
+    """The header value S3 expects for ``data`` under ``algorithm``."""
+    if algorithm == "md5":
+        return base64.b64encode(hashlib.md5(data).digest()).decode()
+    if algorithm == "crc32":
+        return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "crc32", "sha256", "none"])
+@pytest.mark.parametrize("size", [100, 2 * PART + 7])
+async def test_each_part_carries_its_checksum(client_for, recorder, bucket, s3, algorithm: str, size: int) -> None:
+    """The stored object is byte-exact, and every body-carrying request sent the checksum of its own bytes."""
+    client = await client_for(s3_settings(recorder.endpoint, bucket, checksum=algorithm))
+    data = payload(size, seed=size)
+    resp = await client.post("/recordings", data=form([("filename", "sum"), ("recording", data)]))
+    assert resp.status == 200, await resp.text()
+    assert objects(s3, bucket) == {"rec/sum.wav": data}
+    assert incomplete_uploads(s3, bucket) == []
+
+    writes = [c for c in recorder.calls if c.operation in ("PutObject", "UploadPart")]
+    pieces = [data[i : i + PART] for i in range(0, size, PART)]
+    assert len(writes) == len(pieces)
+    for call in writes:
+        piece = pieces[int(call.query["partNumber"][0]) - 1] if call.operation == "UploadPart" else data
+        sent = {name: call.headers.get(header) for name, header in HEADERS.items()}
+        if algorithm == "none":
+            assert sent == dict.fromkeys(HEADERS)
+        else:
+            assert sent[algorithm] == expected(algorithm, piece)
+            assert all(value is None for name, value in sent.items() if name != algorithm)
+    creates = [c for c in recorder.calls if c.operation == "CreateMultipartUpload"]
+    for call in creates:  # additional checksums must be announced when the multipart upload starts
+        announced = call.headers.get("x-amz-checksum-algorithm")
+        assert announced == (algorithm.upper() if algorithm in ("crc32", "sha256") else None)
