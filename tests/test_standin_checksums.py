@@ -98,3 +98,18 @@ def test_single_put_checksum_is_recorded(standin: tuple[Any, Bench]) -> None:
     assert record["checksum"] == {"algorithm": "crc64nvme", "type": "FULL_OBJECT", "value": value}
     with pytest.raises(ClientError, match="BadDigest"):
         client.put_object(Bucket="bench", Key="two.wav", Body=b"short recording", ChecksumCRC64NVME=encode(b"\0" * 8))
+
+
+def test_byte_exact_checks_a_recorded_full_object_crc(tmp_path: Any) -> None:
+    """The benchmark's byte-exact verdict fails when the recorded CRC64NVME is not the file's."""
+    import zlib
+
+    from bench.measure import byte_exact
+
+    data = os.urandom(3000)
+    file = tmp_path / "f.bin"
+    file.write_bytes(data)
+    record: dict[str, object] = {"size": 3000, "parts": [[3000, zlib.crc32(data)]]}
+    right = {"algorithm": "crc64nvme", "type": "FULL_OBJECT", "value": encode(digest("crc64nvme", data))}
+    assert byte_exact(file, {**record, "checksum": right})
+    assert not byte_exact(file, {**record, "checksum": {**right, "value": encode(b"\0" * 8)}})
