@@ -29,7 +29,8 @@ from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
 from .openapi import serve_openapi
 from .parts import BufferPool
 from .routes import route_settings
-from .sinks import Sink, build_sink
+from .sinks import Sink
+from .wiring import build_sink
 
 __all__ = ["POOL", "SINK", "make_app"]
 
