@@ -115,30 +115,19 @@ class MultipartUpload:
             release()
             self._slots.release()
 
+    def _part_args(self, number: int) -> dict[str, Any]:
+        return {"Bucket": self._bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number}
+
     async def _upload_part(self, number: int, part: PartBuffer) -> dict[str, Any]:
         body, checksum = await put_part(self._s3, part.view)
-        response = await self._s3.call(
-            "UploadPart",
-            Bucket=self._bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=body,
-            **checksum,
-        )
+        response = await self._s3.call("UploadPart", Body=body, **self._part_args(number), **checksum)
         entry: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
         entry.update({k: v for k, v in checksum.items() if k.startswith("Checksum")})
         return entry
 
     async def _copy_part(self, number: int, source: dict[str, str], first: int, last: int) -> dict[str, Any]:
         response = await self._s3.call(
-            "UploadPartCopy",
-            Bucket=self._bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            CopySource=source,
-            CopySourceRange=f"bytes={first}-{last}",
+            "UploadPartCopy", CopySource=source, CopySourceRange=f"bytes={first}-{last}", **self._part_args(number)
         )
         return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
