@@ -119,7 +119,7 @@ healthcheck=$(podman image inspect --format '{{json .Config.Healthcheck}}' "$app
 # --- without a token the image refuses to start ---------------------------------------------------
 # Its own network namespace: the image binds 0.0.0.0 there, which is beyond loopback.
 set +e
-podman run --name "$noauth_container" --network none "$app_image" >"$work/noauth.log" 2>&1
+podman run --name "$noauth_container" --network none --health-interval disable "$app_image" >"$work/noauth.log" 2>&1
 noauth_status=$?
 set -e
 [ "$noauth_status" = 2 ] || fail "without a token the image should exit 2, it exited $noauth_status: $(cat "$work/noauth.log")"
@@ -134,10 +134,13 @@ volume="$work/recordings"
 mkdir -m 0750 "$volume"
 chown 10001:10001 "$volume"
 # --network host with the server on 127.0.0.1: no netavark, nothing reachable from outside.
+# --health-interval disable: no periodic timer (podman schedules those through systemd, absent in
+# CI); `podman healthcheck run` below runs the image's HEALTHCHECK command itself.
 podman run --detach --name "$container" --network host \
     -e STREAMPROXY_HOST=127.0.0.1 -e STREAMPROXY_PORT="$port" -e STREAMPROXY_AUTH_TOKENS="$token" \
     -e STREAMPROXY_SHUTDOWN_TIMEOUT=20s \
     --volume "$volume:/var/lib/streamproxy/recordings" --read-only --cap-drop ALL \
+    --health-interval disable \
     "$app_image" >/dev/null
 
 export IMAGE_TEST_BASE="http://127.0.0.1:$port" IMAGE_TEST_TOKEN="$token"
