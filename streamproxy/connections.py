@@ -27,12 +27,17 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from aiohttp import web
 
-__all__ = ["ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+__all__ = ["CONNECTIONS", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
 
 _HEAD_END = b"\r\n\r\n"
+# After a canned answer, how long the client's further bytes are read and dropped before the close:
+# closing a socket with unread bytes sends a reset, which can destroy the answer in the client's
+# buffer before it is read (the "lingering close" of nginx and Apache).
+_LINGER = 2.0
 
 
 def _canned(status: str, error: str, message: str, retry_after: int | None = None) -> bytes:
@@ -69,6 +74,9 @@ class ConnectionStats:
     header_timeouts: int = 0
 
 
+CONNECTIONS = web.AppKey("connections", ConnectionStats)
+
+
 @dataclass
 class ConnectionGuard:
     """The protocol factory for the listening socket: wraps each protocol ``factory`` makes."""
@@ -85,7 +93,7 @@ class ConnectionGuard:
 class _GuardedConnection(asyncio.Protocol):
     """One connection: counts it, refuses it over the cap, and closes it if its head is late."""
 
-    __slots__ = ("_counted", "_guard", "_inner", "_tail", "_timer", "_transport")
+    __slots__ = ("_counted", "_guard", "_inner", "_lingering", "_tail", "_timer", "_transport")
 
     def __init__(self, guard: ConnectionGuard) -> None:
         self._guard = guard
@@ -94,30 +102,30 @@ class _GuardedConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._counted = False
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Not isinstance: uvloop's transports implement the interface without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         guard = self._guard
         limits = guard.limits
         if limits.max_connections and guard.stats.open >= limits.max_connections:
             # Refused before aiohttp sees it: one write and a close, nothing else is allocated.
             guard.stats.refused += 1
-            transport.write(_BUSY)
-            transport.close()
+            self._answer_and_close(transport, _BUSY)
             return
         guard.stats.open += 1
         self._counted = True
         self._transport = transport
         if limits.header_timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(limits.header_timeout, self._head_late)
-        inner = guard.factory()
-        assert isinstance(inner, asyncio.Protocol)
+        inner = cast(asyncio.Protocol, guard.factory())
         self._inner = inner
         inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None:
-            return  # refused: whatever the client sends is dropped with the connection
+        if self._inner is None or self._lingering:
+            return  # answered already: whatever the client still sends is dropped
         if self._timer is not None:
             # Only reads up to the end of the first head are scanned; the kept tail finds a
             # CRLF CRLF split across two reads.
@@ -131,7 +139,9 @@ class _GuardedConnection(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is None or self._lingering:
+            return None  # the transport closes
+        return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -156,9 +166,18 @@ class _GuardedConnection(asyncio.Protocol):
         self._guard.stats.header_timeouts += 1
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(_HEADER_TIMEOUT)
-            # close() flushes the 408 first; aiohttp's protocol learns of it in connection_lost.
-            transport.close()
+            # aiohttp's protocol sees no more data and learns of the close in connection_lost.
+            self._answer_and_close(transport, _HEADER_TIMEOUT)
+
+    def _answer_and_close(self, transport: asyncio.Transport, answer: bytes) -> None:
+        """Send a canned answer and end the connection without a reset that could destroy it."""
+        self._lingering = True
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()  # FIN after the answer; the client's own close or the linger ends it
+            asyncio.get_running_loop().call_later(_LINGER, transport.close)
+        else:
+            transport.close()  # TLS: close_notify after the answer
 
 
 class GuardedSite(web.BaseSite):

@@ -55,9 +55,13 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
         items = await sink.sweep(older_than, dry_run=settings.dry_run)
     except StorageError as exc:
         print(f"FAIL  could not list leftovers: {exc.message}", file=out)
+        if settings.metrics_file:
+            write_metrics(settings.metrics_file, None)
         return 1
     finally:
         await sink.close()
+    if settings.metrics_file:
+        write_metrics(settings.metrics_file, items)
     failed = 0
     for item in items:
         if item.error:
