@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,8 +31,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproxy.sinks import SweepItem
-from streamproxy.sweep import write_metrics
 from tests.conftest import PART, payload, s3_settings
 from tests.faults import FaultProxy
 from tests.servers import free_port
@@ -194,11 +193,33 @@ def test_dashboard_covers_what_operators_watch() -> None:
 
 
 def sweep_exported(tmp_path: Path) -> set[str]:
-    """Sample names of the file `streamproxy sweep --metrics-file` writes."""
+    """Sample names of the file `streamproxy sweep --metrics-file` writes, after a sweep that found a temp file."""
+    storage = tmp_path / "swept"
+    storage.mkdir(exist_ok=True)
+    leftover = storage / ".streamproxy-interrupted.tmp"
+    leftover.write_bytes(b"x")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
     path = tmp_path / "sweep.prom"
-    write_metrics(str(path), [SweepItem("multipart_upload", "rec/a.wav", 90000.0)])
-    families = list(text_string_to_metric_families(path.read_text()))
-    return {sample.name for family in families for sample in family.samples}
+    metrics = ["--metrics-file", str(path)]
+    swept = subprocess.run(
+        [sys.executable, "-m", "streamproxy", "sweep", "--storage", storage.as_uri(), "--older-than", "1h", *metrics],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert not leftover.exists()
+    samples = {
+        (sample.name, sample.labels.get("kind")): sample.value
+        for family in text_string_to_metric_families(path.read_text())
+        for sample in family.samples
+    }
+    assert samples[("streamproxy_sweep_leftovers", "temp_file")] == 1
+    assert samples[("streamproxy_sweep_leftovers", "multipart_upload")] == 0
+    assert samples[("streamproxy_sweep_failures", None)] == 0
+    assert abs(samples[("streamproxy_sweep_last_run_timestamp_seconds", None)] - time.time()) < 60
+    return {name for name, _kind in samples}
 
 
 @pytest.fixture
@@ -285,7 +306,8 @@ async def test_rules_and_panels_against_a_live_server_and_prometheus(
         named |= variable_metrics()
         # The sweep's figures come from `streamproxy sweep --metrics-file`, not from the server.
         sweep_named = {name for name in named if name.startswith("streamproxy_sweep_")}
-        assert sweep_named <= sweep_exported(tmp_path), sorted(sweep_named - sweep_exported(tmp_path))
+        from_sweep = sweep_exported(tmp_path)
+        assert sweep_named and sweep_named <= from_sweep, sorted(sweep_named - from_sweep)
         missing = named - sweep_named - exported - PROMETHEUS_OWN
         assert not missing, f"named in deploy/ but not in /metrics: {sorted(missing)}"
 

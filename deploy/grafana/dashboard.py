@@ -156,6 +156,36 @@ def buffer_and_storage_panels() -> list[Timeseries | Stat]:
     ]
 
 
+def connection_panels() -> list[Timeseries | Stat]:
+    """Build the connection panels: the guard in front of the HTTP parser (--max-connections, --header-timeout)."""
+    return [
+        timeseries(
+            "Open connections",
+            "short",
+            "Client connections open (kept-alive ones included) against --max-connections; beyond it new "
+            "ones get 503 busy.",
+            query(f"sum by (instance) (streamproxy_connections_open{{{SELECTOR}}})", "{{instance}} open", "A"),
+            query(f"max by (instance) (streamproxy_connections_max{{{SELECTOR}}})", "{{instance}} max", "B"),
+        ),
+        timeseries(
+            "Connections refused and timed out",
+            "short",
+            "Per interval: connections refused at --max-connections, and connections closed because their "
+            "request line and headers took longer than --header-timeout (slow or hostile clients).",
+            query(
+                f"sum by (instance) (increase(streamproxy_connections_refused_total{{{SELECTOR}}}[{RATE}]))",
+                "{{instance}} refused",
+                "A",
+            ),
+            query(
+                f"sum by (instance) (increase(streamproxy_connections_header_timeouts_total{{{SELECTOR}}}[{RATE}]))",
+                "{{instance}} header timeouts",
+                "B",
+            ),
+        ),
+    ]
+
+
 def notification_panels() -> list[Timeseries | Stat]:
     """Build the notification and outbox panels: they go here once those metrics exist (their own row below)."""
     return []
@@ -198,6 +228,7 @@ def build() -> Dashboard:
     rows: list[tuple[str, list[Timeseries | Stat]]] = [
         ("Uploads", upload_panels()),
         ("Part buffers and storage", buffer_and_storage_panels()),
+        ("Connections", connection_panels()),
         ("Notifications and outbox", notification_panels()),
     ]
     panel_id = 0  # Grafana links and the panel editor need unique ids; the SDK leaves them all 0
