@@ -11,7 +11,7 @@
 # (exit 2), which is why the Dockerfile's usage line passes one.
 #
 # Environment:
-#   IMAGE_TEST_COLD=1     rebuild the base image and build without the layer cache (to time a cold build)
+#   IMAGE_TEST_COLD=1     rebuild the base image (to time a cold build)
 #   IMAGE_TEST_PORT=N     port the server listens on (127.0.0.1, host network); default: a free one
 #
 # It never skips: if podman cannot build or run, it fails with the reason.
@@ -105,8 +105,11 @@ base_done=$(date +%s)
 # --- the image itself ----------------------------------------------------------------------------
 # --format docker keeps HEALTHCHECK (the OCI format has no such field); --network host keeps the
 # build's pip off netavark, which would otherwise change the host's firewall and forwarding.
-build_args=(--format docker --network host --build-arg "PYTHON_IMAGE=$base_image" --tag "$app_image")
-[ "${IMAGE_TEST_COLD:-0}" = 1 ] && build_args+=(--no-cache)
+# --layers=false: Debian's podman 4.3 (buildah 1.28) mishandles cached layers around
+# `RUN --mount=type=bind,from=build`: with the build stage cached the mount comes up empty
+# (podman#16281), and a changed build stage can be ignored in favour of a stale cached layer
+# (podman#17119). So every build here is a full one; pip's cache mount still spares the downloads.
+build_args=(--format docker --network host --layers=false --build-arg "PYTHON_IMAGE=$base_image" --tag "$app_image")
 log "building $app_image"
 podman build --quiet "${build_args[@]}" . >/dev/null
 built=$(date +%s)
