@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import rss_kib, streamproxy_server
+from streamproxy.cli import settings_from_args
+from tests.servers import config_error, rss_kib, streamproxy_server
 
 HALF_HEAD = (
     b"PUT /recordings/slow HTTP/1.1\r\nHost: streamproxy\r\nContent-Type: audio/wav\r\nX-Padding: " + b"p" * 2000
@@ -156,3 +157,28 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(tmp
         assert connection.recv(65536) == b""
         assert 1.5 <= time.monotonic() - answered < 8
         connection.close()
+
+
+def test_connection_flags_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, settings = settings_from_args(["serve"])
+    assert (settings.header_timeout, settings.keepalive_timeout, settings.max_connections) == (10, 75, 512)
+    monkeypatch.setenv("STREAMPROXY_HEADER_TIMEOUT", "2s")
+    monkeypatch.setenv("STREAMPROXY_MAX_CONNECTIONS", "100")
+    _, settings = settings_from_args(["serve", "--keepalive-timeout", "1m"])
+    assert (settings.header_timeout, settings.keepalive_timeout, settings.max_connections) == (2, 60, 100)
+    _, settings = settings_from_args(["serve", "--header-timeout", "0", "--max-connections", "0"])
+    assert (settings.header_timeout, settings.max_connections) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["serve", "--header-timeout", "-1"], "--header-timeout"),
+        (["serve", "--header-timeout", "soon"], "--header-timeout"),
+        (["serve", "--keepalive-timeout", "0"], "--keepalive-timeout"),
+        (["serve", "--max-connections", "-5"], "--max-connections"),
+        (["serve", "--max-connections", "10", "--max-concurrent-uploads", "64"], "--max-concurrent-uploads"),
+    ],
+)
+def test_bad_connection_flags_are_one_line(argv: list[str], needle: str) -> None:
+    assert needle in config_error(*argv)
