@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from .config import Settings
 from .errors import StorageError
-from .sinks import SweepItem, build_sink
+from .sinks import SweepItem
+from .wiring import build_sink
 
 __all__ = ["KINDS", "format_age", "run_sweep", "write_metrics"]
 
