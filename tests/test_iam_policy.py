@@ -16,6 +16,7 @@ ACTION_FOR = {
     "UploadPart": "s3:PutObject",
     "UploadPartCopy": "s3:PutObject",
     "CompleteMultipartUpload": "s3:PutObject",
+    "CopyObject": "s3:PutObject",  # no UploadPartCopy (s3rver): the staged object's read is s3:GetObject
     "AbortMultipartUpload": "s3:AbortMultipartUpload",
     "HeadObject": "s3:GetObject",
     "GetObject": "s3:GetObject",

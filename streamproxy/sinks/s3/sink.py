@@ -5,23 +5,74 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import structlog
+
+from ...errors import ConfigError
 from .. import SweepItem
+from .adapt import STORE_ENFORCED, Strategy, protection_gaps, strategy
 from .admin import S3Admin
+from .capabilities import Capabilities
 from .client import ClientFactory, S3Client, aiobotocore_client
 from .options import S3Options
 from .writer import S3Writer
 
 __all__ = ["S3Sink"]
 
+log = structlog.get_logger("streamproxy.s3")
+
 
 class S3Sink:
     """Store recordings in one bucket under one prefix; ``admin`` holds what ``check`` and ``sweep`` use."""
 
-    def __init__(self, options: S3Options, *, client_factory: ClientFactory = aiobotocore_client) -> None:
+    def __init__(
+        self,
+        options: S3Options,
+        *,
+        client_factory: ClientFactory = aiobotocore_client,
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.options = options
         self.description = f"s3://{options.bucket}/{options.prefix}"
         self.client = S3Client(options, client_factory)
         self.admin = S3Admin(self.client)
+        self._capabilities: Capabilities | None = None
+        self._strategy = strategy(
+            None, overwrite=options.overwrite, checksum=options.checksum, endpoint_url=options.endpoint_url
+        )
+        if capabilities is not None:
+            self.capabilities = capabilities
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """What the store can do (probed at start, pinned, or injected); ``None``: not known, S3 assumed."""
+        return self._capabilities
+
+    @capabilities.setter
+    def capabilities(self, capabilities: Capabilities | None) -> None:
+        """Adopt what the store can do; ``ConfigError`` if ``--require-conditional-writes`` cannot be met."""
+        o = self.options
+        decided = strategy(capabilities, overwrite=o.overwrite, checksum=o.checksum, endpoint_url=o.endpoint_url)
+        if capabilities is not None and o.require_conditional_writes and decided.protection != STORE_ENFORCED:
+            raise ConfigError(
+                f"--require-conditional-writes: {self.description} cannot refuse to replace a recording itself "
+                f"({'; '.join(protection_gaps(capabilities))}); duplicates would be refused only best-effort"
+            )
+        self._capabilities = capabilities
+        self._strategy = decided
+        if capabilities is not None and not capabilities.abort_multipart:
+            # Once per sink, not per upload: every interrupted upload on this store stays until the
+            # bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes it.
+            log.warning(
+                "abort_multipart_unsupported",
+                storage=self.description,
+                reason="the store does not remove a multipart upload on AbortMultipartUpload",
+                effect="parts of interrupted uploads stay until the bucket's lifecycle rule removes them",
+            )
+
+    @property
+    def strategy(self) -> Strategy:
+        """How uploads adapt to this store (see ``adapt``)."""
+        return self._strategy
 
     @property
     def observe(self) -> Callable[[str, float, int], None]:
@@ -57,7 +108,7 @@ class S3Sink:
         tags: Mapping[str, str] | None = None,
     ) -> S3Writer:
         """Start an upload; nothing is sent to S3 until the first part is full or the upload completes."""
-        return S3Writer(self.client, key, content_type, metadata, tags or {})
+        return S3Writer(self.client, key, content_type, metadata, tags or {}, strategy=self._strategy)
 
     async def probe(self) -> None:
         """Check cheaply that the bucket is reachable with these credentials (see ``S3Admin.probe``)."""
