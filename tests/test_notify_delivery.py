@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry, generate_latest
 
 from streamproxy.notify import DeliveryPolicy, Notifier, Outbox, Signer, Targets, recording_stored
+from streamproxy.notify.metrics import NotifyCollector
 from streamproxy.notify.outbox import DEAD, LEASE, PENDING
+from streamproxy.notify.targets import ping
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemoryOutbox, MemorySink
 from streamproxy.sinks.outbox import OutboxStore
@@ -263,3 +266,41 @@ async def test_a_scan_holds_one_page_however_many_events_wait(receiver: Receiver
     assert 0 < notifier.peak_active <= FAST.concurrency
     assert notifier.stats.dead == 0
     await notifier.drain(2)
+
+
+async def test_ping_reaches_a_receiver_signed_and_names_an_unreachable_one(
+    receiver: Receiver, targets: Targets, unused_tcp_port: int
+) -> None:
+    dead_end = f"webhook:http://127.0.0.1:{unused_tcp_port}/hook"
+    results = await ping(targets, [f"webhook:{receiver.url}", dead_end, "ftp:nowhere"])
+    assert [r.problem is None for r in results] == [True, False, False]
+    assert "unreachable" in (results[1].problem or "")
+    (got,) = receiver.received
+    assert got.event["event"] == "ping" and got.headers["Streamproxy-Event"] == "ping"
+    assert receiver.rejected == []
+
+
+async def test_metrics_sum_the_notifiers(receiver: Receiver, targets: Targets) -> None:
+    registry = CollectorRegistry()
+    one = Notifier(Outbox(MemoryOutbox(), owner="a"), targets, FAST)
+    two = Notifier(Outbox(MemoryOutbox(), owner="b"), targets, FAST)
+    registry.register(NotifyCollector(lambda: [one.stats, two.stats]))
+    receiver.status = 503
+    for notifier in (one, two):
+        await notifier.record(event(), [f"webhook:{receiver.url}"])
+    await until(lambda: one.stats.retried > 0 and two.stats.retried > 0)
+    await asyncio.sleep(0.3)
+    await one.scan()
+    await two.scan()
+    text = generate_latest(registry).decode()
+    assert "streamproxy_notify_pending 2.0" in text
+    assert "streamproxy_notify_retried_total" in text
+    assert registry.get_sample_value("streamproxy_notify_retried_total") == one.stats.retried + two.stats.retried
+    assert (registry.get_sample_value("streamproxy_notify_oldest_pending_seconds") or 0) > 0.2
+    receiver.status = 200
+    await one.scan()
+    await two.scan()
+    await until(lambda: one.stats.delivered == 1 and two.stats.delivered == 1)
+    assert registry.get_sample_value("streamproxy_notify_delivered_total") == 2
+    for notifier in (one, two):
+        await notifier.drain(1)

@@ -21,9 +21,11 @@ region in the queue URL or topic ARN, and botocore's ``AWS_ENDPOINT_URL_SQS`` /
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -31,16 +33,18 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .event import encode_event
+from .event import encode_event, ping_event
 from .signing import Signer
 
 __all__ = [
     "DeliveryFailed",
+    "Ping",
     "QueueTarget",
     "Target",
     "Targets",
     "WebhookTarget",
     "parse_spec",
+    "ping",
     "spec_for_url",
 ]
 
@@ -247,3 +251,30 @@ class Targets:
                 target = QueueTarget(kind, address, client)
             self._targets[spec] = target
         return target
+
+
+@dataclass(frozen=True)
+class Ping:
+    """What one target made of a ``ping`` event: ``problem`` is ``None`` when it accepted it."""
+
+    target: str
+    problem: str | None
+
+
+async def ping(targets: Targets, specs: Sequence[str]) -> list[Ping]:
+    """Send a signed ``ping`` event to each target once, each bounded by the targets' timeout."""
+    results: list[Ping] = []
+    for spec in specs:
+        try:
+            target = await targets.get(spec)
+            async with asyncio.timeout(targets.timeout):
+                await target.send(ping_event())
+        except DeliveryFailed as exc:
+            results.append(Ping(spec, exc.message))
+        except TimeoutError:
+            results.append(Ping(spec, f"no answer within {targets.timeout:g} seconds"))
+        except ValueError as exc:
+            results.append(Ping(spec, str(exc)))
+        else:
+            results.append(Ping(spec, None))
+    return results
