@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -20,9 +21,11 @@ from streamproxy.errors import BadRequest
 from streamproxy.notify import Signer, encode_event, ping_event, recording_stored, signature, verify
 from streamproxy.notify.outbox import DEAD, LEASE, PENDING, Lease, Outbox
 from streamproxy.redact import REDACTED, scrub
+from streamproxy.sinks import Sink, build_sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.outbox import OUTBOX_DIR, OutboxCapable, OutboxStore
+from tests.conftest import s3_settings
 
 SECRET = "whsec-0123456789abcdef-test"
 DOC_URI = "urn:streamproxy:openapi"
@@ -153,11 +156,34 @@ def test_the_secret_never_reaches_a_log_line() -> None:
 # --- the outbox stores (a contract over both implementations) ----------------------------------
 
 
-@pytest.fixture(params=["file", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> OutboxStore:
-    sink: OutboxCapable = FileSink(tmp_path) if request.param == "file" else MemorySink()
+@pytest.fixture(params=["file", "memory", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxStore]:
+    sink: Sink
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket")
+        sink = build_sink(s3_settings(request.getfixturevalue("moto_endpoint"), bucket))
+    else:
+        sink = FileSink(tmp_path) if request.param == "file" else MemorySink()
+    await sink.start()
     assert isinstance(sink, OutboxCapable)
-    return sink.outbox_store()
+    yield sink.outbox_store()
+    await sink.close()
+
+
+async def test_s3_outbox_objects_sit_under_the_prefix(moto_endpoint: str, bucket: str, s3: Any) -> None:
+    sink = build_sink(s3_settings(moto_endpoint, bucket, prefix="calls/"))
+    await sink.start()
+    try:
+        assert isinstance(sink, OutboxCapable)
+        store = sink.outbox_store()
+        await store.put("pending/a.json", b"1")
+        assert await store.put_new("lease/a.json", b"1")
+        assert not await store.put_new("lease/a.json", b"2")
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+        assert keys == [f"calls/{OUTBOX_DIR}/lease/a.json", f"calls/{OUTBOX_DIR}/pending/a.json"]
+        assert await store.get("lease/a.json") == b"1"
+    finally:
+        await sink.close()
 
 
 async def test_store_put_get_delete(store: OutboxStore) -> None:

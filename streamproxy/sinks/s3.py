@@ -66,6 +66,8 @@ from ..errors import BadRequest, KeyExists, StorageError, StorageFailed, Storage
 from ..parts import PartBuffer
 from ..tags import encode_tagging, merge_tags
 from . import Stored, SweepItem
+from .outbox import OUTBOX_DIR
+from .s3_outbox import S3Outbox
 
 __all__ = ["STAGING_DIR", "UPLOAD_ID_META", "S3Options", "S3Sink", "S3Writer"]
 
@@ -405,6 +407,16 @@ class S3Sink:
     ) -> S3Writer:
         """Start an upload; nothing is sent to S3 until the first part is full or the upload completes."""
         return S3Writer(self, key, content_type, metadata, tags or {})
+
+    def outbox_store(self) -> S3Outbox:
+        """Return the notification outbox under ``<prefix>.streamproxy-outbox/``, with the sink's encryption."""
+        return S3Outbox(
+            lambda: self._client,
+            self.options.bucket,
+            f"{self.options.prefix}{OUTBOX_DIR}/",
+            map_error=map_error,
+            write_args=self.options.encryption_args(),
+        )
 
     async def is_ours(self, key: str, token: str) -> bool:
         """Whether ``key`` exists and was written by the upload that carries ``token``.

@@ -1,0 +1,106 @@
+"""The notification outbox in an S3 bucket (``streamproxy.sinks.outbox``), beside the recordings.
+
+Objects live under ``<prefix>.streamproxy-outbox/``. ``put_new`` is a ``PutObject`` with
+``If-None-Match: *``: the store refuses it with 412 when the name exists, which makes the lease
+exclusive between servers on stores that honour the condition (AWS, MinIO, Ceph's PutObject;
+``streamproxy check`` reports stores that ignore it, where two servers may occasionally deliver
+an event twice). Outbox objects get the sink's encryption but no retention or legal hold: they
+are deleted once delivered.
+
+The client is called directly rather than through ``S3Sink.call``: a missing lease or event is
+the normal case here (``None``), not a storage error worth a warning and an S3 error metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..errors import KeyExists
+from .outbox import check_name
+
+__all__ = ["S3Outbox"]
+
+
+class S3Outbox:
+    """Outbox objects under ``root`` (a key prefix ending in ``/``) in ``bucket``."""
+
+    def __init__(
+        self,
+        client: Callable[[], Any],
+        bucket: str,
+        root: str,
+        *,
+        map_error: Callable[[str, BaseException], Exception],
+        write_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._client = client  # a getter: the sink creates its client in start()
+        self.bucket = bucket
+        self.root = root
+        self._map_error = map_error
+        self._write_args = dict(write_args or {})
+        self.description = f"s3://{bucket}/{root}"
+
+    def _key(self, name: str) -> str:
+        return self.root + check_name(name)
+
+    async def _put(self, name: str, data: bytes, *, exclusive: bool) -> None:
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._key(name),
+            "Body": data,
+            "ContentType": "application/json",
+            **self._write_args,
+        }
+        if exclusive:
+            args["IfNoneMatch"] = "*"
+        try:
+            await self._client().put_object(**args)
+        except Exception as exc:
+            raise self._map_error("PutObject", exc) from exc
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Write ``name``, replacing it."""
+        await self._put(name, data, exclusive=False)
+
+    async def put_new(self, name: str, data: bytes) -> bool:
+        """Write ``name`` only if it does not exist (412 from the store: ``False``)."""
+        try:
+            await self._put(name, data, exclusive=True)
+        except KeyExists:
+            return False
+        return True
+
+    async def get(self, name: str) -> bytes | None:
+        """Read ``name``, or ``None`` if there is no such object."""
+        try:
+            response = await self._client().get_object(Bucket=self.bucket, Key=self._key(name))
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._map_error("GetObject", exc) from exc
+        except Exception as exc:
+            raise self._map_error("GetObject", exc) from exc
+        return data
+
+    async def delete(self, name: str) -> None:
+        """Delete ``name`` (S3 answers 204 for a missing key too)."""
+        try:
+            await self._client().delete_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:
+            raise self._map_error("DeleteObject", exc) from exc
+
+    async def list(self, prefix: str, *, after: str = "", limit: int = 100) -> list[str]:
+        """One ``ListObjectsV2`` page: names under ``prefix`` after ``after``, in key order."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.root + prefix, "MaxKeys": limit}
+        if after:
+            args["StartAfter"] = self.root + after
+        try:
+            response = await self._client().list_objects_v2(**args)
+        except Exception as exc:
+            raise self._map_error("ListObjectsV2", exc) from exc
+        return [item["Key"].removeprefix(self.root) for item in response.get("Contents", [])]
