@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,7 +40,6 @@ class Receiver:
     refused: int = 0
     rejected: list[Delivery] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
 
     def app(self) -> web.Application:
@@ -67,7 +67,6 @@ class Receiver:
             self.refused += 1
             return web.Response(status=self.status, text="not now")
         self.received.append(delivery)
-        self.arrived.set()
         return web.Response(status=204)
 
     def ids(self) -> list[str]:
@@ -80,3 +79,47 @@ class Receiver:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(self.received)} of {count} events arrived within {within} s")
             await asyncio.sleep(0.02)
+
+
+class ThreadedReceiver(Receiver):
+    """A ``Receiver`` served from its own thread and event loop, for tests that block (subprocesses, CLI).
+
+    Use as a context manager; ``url`` is set once it listens on loopback.
+    """
+
+    def __enter__(self) -> ThreadedReceiver:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def start() -> None:
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://127.0.0.1:{port}/hook"
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="receiver", daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the receiver did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def wait_blocking(self, count: int, within: float = 30.0) -> None:
+        """Like ``wait_for``, for code outside an event loop."""
+        deadline = time.monotonic() + within
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.received)} of {count} events arrived within {within} s")
+            time.sleep(0.02)

@@ -55,12 +55,15 @@ class DeliveryPolicy:
     backoff_cap: float = 3600.0
     poll_interval: float = 10.0
     concurrency: int = 16
-    lease_margin: float = 30.0  # a lease outlives its attempt by this much, so a slow attempt keeps it
+    # A lease outlives its attempt by this much (default: one more attempt timeout), so an attempt
+    # that overruns a little keeps it, and a server killed mid-attempt delays its event only so long.
+    lease_margin: float | None = None
 
     @property
     def lease_seconds(self) -> float:
         """How long a lease for one attempt lasts."""
-        return self.attempt_timeout + self.lease_margin
+        margin = self.attempt_timeout if self.lease_margin is None else self.lease_margin
+        return self.attempt_timeout + margin
 
     def backoff(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait after the ``attempts``-th failure: exponential, capped, the upper half jittered."""
@@ -193,6 +196,8 @@ class Notifier:
             await self._slots.acquire()
             self._spawn(self._scanned(got))
         self.stats.pending = count
+        # Hints past their time (and those of events other servers delivered) are dropped each scan.
+        self._not_before = {name: until for name, until in self._not_before.items() if until > now}
         self.stats.oldest_pending_seconds = max(0.0, now - oldest) if oldest is not None else 0.0
         self.stats.scans += 1
         if self.stats.scans % 10 == 1:
