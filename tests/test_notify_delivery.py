@@ -102,9 +102,9 @@ async def test_receiver_down_then_back_every_event_arrives_with_its_id(receiver:
     sent = [event(n) for n in range(20)]
     for item in sent:
         assert await notifier.record(item, [f"webhook:{receiver.url}"])
-    await asyncio.sleep(1.5)  # the outage: several attempts per event, all refused
+    await asyncio.sleep(1.5)  # the outage: the first attempts, then one probe per backoff period
     assert receiver.received == []
-    assert notifier.stats.retried >= 20
+    assert notifier.stats.retried >= 20 + 3
     assert len(await store.list(PENDING)) == 20
     receiver.status = 200
     await receiver.wait_for(20)
@@ -113,6 +113,26 @@ async def test_receiver_down_then_back_every_event_arrives_with_its_id(receiver:
     await until(lambda: not store.objects)
     await stop(notifier, task)
     assert notifier.stats.delivered == 20 and notifier.stats.dead == 0
+
+
+async def test_a_down_target_gets_probes_not_an_attempt_per_event(receiver: Receiver, targets: Targets) -> None:
+    store = MemoryOutbox()
+    writer = Outbox(store, owner="w")
+    for n in range(100):
+        await writer.add(event(n), [f"webhook:{receiver.url}"], now=time.time())
+    receiver.status = 503
+    notifier = Notifier(Outbox(store, owner="a"), targets, FAST)
+    task = await running(notifier)
+    await asyncio.sleep(2.0)  # about ten backoff periods of at most 0.2 s
+    refused = receiver.refused
+    # one attempt per event and period would be ~1,000; the first scan's burst plus a probe per period is far less
+    assert 10 < refused < 150, refused
+    receiver.status = 200
+    started = time.monotonic()
+    await receiver.wait_for(100)
+    assert time.monotonic() - started < 3  # the backlog follows the first successful probe
+    await stop(notifier, task)
+    assert max(receiver.attempts.values()) <= refused
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502])

@@ -19,7 +19,7 @@ from referencing.jsonschema import DRAFT202012
 
 from streamproxy.errors import BadRequest
 from streamproxy.notify import Signer, encode_event, ping_event, recording_stored, signature, verify
-from streamproxy.notify.outbox import DEAD, LEASE, PENDING, Lease, Outbox
+from streamproxy.notify.outbox import DEAD, LEASE, PENDING, Lease, Outbox, target_key, target_key_of
 from streamproxy.redact import REDACTED, scrub
 from streamproxy.sinks import Sink, build_sink
 from streamproxy.sinks.fs import FileSink
@@ -246,9 +246,12 @@ async def test_outbox_writes_one_record_per_target_oldest_first() -> None:
     first = await outbox.add(stored_event(), ["webhook:http://a/", "sqs:http://q"], now=1000.0)
     second = await outbox.add(stored_event(), ["webhook:http://a/"], now=1001.0)
     names = [name async for name in outbox.names(page=2)]
-    assert names == [r.name for r in first + second]
+    assert names == [*sorted(r.name for r in first), second[0].name]  # oldest first
+    assert [target_key_of(r.name) for r in first] == [target_key("webhook:http://a/"), target_key("sqs:http://q")]
     loaded = await outbox.load(first[1].name)
     assert loaded is not None and loaded.target == "sqs:http://q" and loaded.event == first[1].event
+    again = await outbox.add(stored_event(), ["webhook:http://a/", "webhook:http://a/"], now=1002.0)
+    assert len(again) == 1  # a target named twice gets the event once
 
 
 async def test_lease_is_exclusive_until_it_expires_and_keeps_the_attempt_count() -> None:

@@ -17,6 +17,10 @@
   the rest are cancelled and their leases released, so whatever remains stays in the outbox for
   the next server.
 
+A target whose attempt failed is marked down: until it answers again it gets one probe per
+backoff period (the first due event), not one attempt per pending event, and the backlog follows
+at once when the probe succeeds.
+
 Each attempt is bounded by ``attempt_timeout``. After the n-th failure the next attempt waits
 ``min(backoff_cap, backoff_base * 2**(n-1))``, the upper half of it drawn at random (jitter, so a
 recovered receiver is not hit by every server at the same instant). A final failure (see
@@ -35,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from .outbox import Lease, Outbox, Record, created_at_of
+from .outbox import Lease, Outbox, Record, created_at_of, target_key, target_key_of
 from .targets import DeliveryFailed, Targets
 
 __all__ = ["DeliveryPolicy", "Notifier", "NotifyStats"]
@@ -69,6 +73,20 @@ class DeliveryPolicy:
         """Seconds to wait after the ``attempts``-th failure: exponential, capped, the upper half jittered."""
         ceiling = min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempts - 1))
         return float(ceiling / 2 + rng() * ceiling / 2)
+
+
+@dataclass
+class _Down:
+    """A target whose last attempt failed: only one probe goes to it until it answers again.
+
+    Without this, a receiver that is down for hours gets one attempt per pending event per
+    backoff period; with it, one attempt per backoff period in all, and the whole backlog
+    follows as soon as the probe succeeds.
+    """
+
+    failures: int = 0
+    until: float = 0.0  # the next probe may start then
+    probing: bool = False
 
 
 @dataclass
@@ -108,6 +126,7 @@ class Notifier:
         self._not_before: dict[str, float] = {}
         self._active = 0
         self.peak_active = 0  # most deliveries that ever ran at once (bounded by ``concurrency``)
+        self._down: dict[str, _Down] = {}  # by target key: targets that failed their last attempt
 
     @staticmethod
     def new_owner() -> str:
@@ -138,6 +157,8 @@ class Notifier:
             if self._stopping or len(self._in_flight) >= self.policy.concurrency:
                 self._wake.set()  # leave it to the scan
                 continue
+            if target_key(record.target) in self._down:
+                continue  # the target is down: the scan sends a probe, then the backlog
             self._spawn(self._fast(record))
         return True
 
@@ -188,11 +209,17 @@ class Notifier:
             if hint is not None and hint > now:
                 next_due = min(next_due, hint)
                 continue
+            down = self._down.get(target_key_of(name))
+            if down is not None and (down.probing or down.until > now):
+                next_due = min(next_due, down.until if not down.probing else next_due)
+                continue
             got = await self.outbox.acquire(name, now=now, seconds=self.policy.lease_seconds)
             if not isinstance(got, Lease):
                 self._remember(name, got)
                 next_due = min(next_due, got)
                 continue
+            if down is not None:
+                down.probing = True  # this event is the probe; the others wait for its outcome
             await self._slots.acquire()
             self._spawn(self._scanned(got))
         self.stats.pending = count
@@ -229,6 +256,20 @@ class Notifier:
             await self._try(lease, record)
         finally:
             self._active -= 1
+            down = self._down.get(target_key(record.target))
+            if down is not None:
+                down.probing = False
+
+    def _target_answered(self, target: str) -> None:
+        """Mark the target up (it took an event, or refused one for good), so its backlog follows now."""
+        if self._down.pop(target_key(target), None) is not None:
+            log.info("notify_target_up", target=target)
+            self._wake.set()
+
+    def _target_failed(self, target: str) -> None:
+        down = self._down.setdefault(target_key(target), _Down())
+        down.failures += 1
+        down.until = self._clock() + self.policy.backoff(down.failures)
 
     async def _try(self, lease: Lease, record: Record) -> None:
         event_id = record.event.get("id")
@@ -250,14 +291,17 @@ class Notifier:
             except DeliveryFailed as exc:
                 failure = exc
             else:
+                self._target_answered(record.target)
                 await self.outbox.delivered(lease)
                 self._not_before.pop(lease.name, None)
                 self.stats.delivered += 1
                 log.info("notify_delivered", event_id=event_id, target=record.target, attempts=lease.attempts + 1)
                 return
             if failure.final:
+                self._target_answered(record.target)
                 await self._bury(lease, record, failure.message, failure.message)
                 return
+            self._target_failed(record.target)
             delay = self.policy.backoff(lease.attempts + 1)
             deferred = await self.outbox.defer(lease, until=self._clock() + delay, error=failure.message)
             self._remember(lease.name, deferred.until)

@@ -2,7 +2,7 @@
 
 Layout under ``<prefix>.streamproxy-outbox/`` (see ``streamproxy.sinks.outbox`` for the store)::
 
-    pending/<ms>-<event id>.<n>.json   one event for one target (n: the target's position)
+    pending/<ms>-<event id>.<t>.json   one event for one target (t: ``target_key`` of the target)
     lease/<same name>                  who is delivering it, or until when it backs off
     dead/<same name>                   a final failure, kept for ``streamproxy notify``
 
@@ -21,6 +21,7 @@ the same instant can both deliver once, which at-least-once allows (receivers de
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,12 +29,23 @@ from typing import Any
 
 from ..sinks.outbox import OutboxStore
 
-__all__ = ["DEAD", "LEASE", "PENDING", "Lease", "Outbox", "Record", "created_at_of"]
+__all__ = ["DEAD", "LEASE", "PENDING", "Lease", "Outbox", "Record", "created_at_of", "target_key", "target_key_of"]
 
 PENDING = "pending/"
 LEASE = "lease/"
 DEAD = "dead/"
 PAGE = 100  # names held per listing page: memory does not grow with the number of pending events
+
+
+def target_key(spec: str) -> str:
+    """Return a short, name-safe key of a target spec, so a scan can tell an event's target from its name alone."""
+    return hashlib.sha256(spec.encode("utf-8")).hexdigest()[:12]
+
+
+def target_key_of(name: str) -> str:
+    """Return the ``target_key`` encoded in an outbox name (``""`` if the name has none)."""
+    parts = name.rsplit(".", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 def created_at_of(name: str) -> float:
@@ -121,7 +133,8 @@ class Outbox:
     async def add(self, event: Mapping[str, Any], targets: Sequence[str], *, now: float) -> list[Record]:
         """Store ``event`` once per target; return the records (durable when this returns)."""
         stamp = f"{int(now * 1000):013d}-{event['id']}"
-        records = [Record(f"{stamp}.{index}.json", target, dict(event), now) for index, target in enumerate(targets)]
+        unique = dict.fromkeys(targets)  # a target named twice still gets the event once
+        records = [Record(f"{stamp}.{target_key(target)}.json", target, dict(event), now) for target in unique]
         for record in records:
             await self.store.put(PENDING + record.name, record.to_bytes())
         return records
@@ -157,7 +170,8 @@ class Outbox:
             attempts, last_error = current.attempts, current.last_error
             await self.store.delete(LEASE + name)  # expired: its holder crashed, or its backoff is over
         lease = Lease(name, self.owner, now + seconds, attempts, last_error)
-        if not await self.store.put_new(LEASE + name, lease.to_bytes()):
+        # Leases need no flush: one lost in a crash only lets the event be tried a little earlier.
+        if not await self.store.put_new(LEASE + name, lease.to_bytes(), durable=False):
             taken = await self.lease_of(name)
             return taken.until if taken is not None else now
         return lease
@@ -165,7 +179,7 @@ class Outbox:
     async def defer(self, lease: Lease, *, until: float, error: str) -> Lease:
         """Keep the lease until the next attempt, counting the failed one (the backoff all servers see)."""
         deferred = Lease(lease.name, self.owner, until, lease.attempts + 1, error)
-        await self.store.put(LEASE + lease.name, deferred.to_bytes())
+        await self.store.put(LEASE + lease.name, deferred.to_bytes(), durable=False)
         return deferred
 
     async def release(self, lease: Lease) -> None:

@@ -242,7 +242,7 @@ class FileOutbox:
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
 
-    def _write(self, name: str, data: bytes, *, exclusive: bool) -> bool:
+    def _write(self, name: str, data: bytes, *, exclusive: bool, durable: bool) -> bool:
         target = self._path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -250,7 +250,8 @@ class FileOutbox:
         try:
             try:
                 os.write(fd, data)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             if exclusive:
@@ -260,26 +261,27 @@ class FileOutbox:
                     return False
             else:
                 os.replace(temp, target)
-            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            if durable:
+                dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
             return True
         finally:
             temp.unlink(missing_ok=True)
 
-    async def put(self, name: str, data: bytes) -> None:
-        """Write ``name`` whole, replacing it (``rename(2)``)."""
+    async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``name`` whole, replacing it (``rename(2)``); fsynced with its directory if ``durable``."""
         try:
-            await asyncio.to_thread(self._write, name, data, exclusive=False)
+            await asyncio.to_thread(self._write, name, data, exclusive=False, durable=durable)
         except OSError as exc:
             raise _storage_error(f"write outbox entry {name}", exc) from None
 
-    async def put_new(self, name: str, data: bytes) -> bool:
+    async def put_new(self, name: str, data: bytes, *, durable: bool = True) -> bool:
         """Write ``name`` whole only if it does not exist (``link(2)``)."""
         try:
-            return await asyncio.to_thread(self._write, name, data, exclusive=True)
+            return await asyncio.to_thread(self._write, name, data, exclusive=True, durable=durable)
         except OSError as exc:
             raise _storage_error(f"write outbox entry {name}", exc) from None
 

@@ -133,13 +133,13 @@ class MemoryOutbox:
             raise StorageUnavailable("memory outbox is marked failing", storage_code="Unreachable")
         return check_name(name)
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
         """Store or replace ``name``."""
         if self._check(name) not in self.objects:
             bisect.insort(self._names, name)
         self.objects[name] = bytes(data)
 
-    async def put_new(self, name: str, data: bytes) -> bool:
+    async def put_new(self, name: str, data: bytes, *, durable: bool = True) -> bool:
         """Store ``name`` only if it is free."""
         if self._check(name) in self.objects:
             return False

@@ -42,10 +42,14 @@ class OutboxStore(Protocol):
 
     description: str
 
-    async def put(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name``, replacing what is there; durable when this returns."""
+    async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Store ``data`` under ``name``, replacing what is there; durable when this returns (unless not ``durable``).
 
-    async def put_new(self, name: str, data: bytes) -> bool:
+        ``durable=False`` lets a store skip its flush (``fsync``) for data that may be lost in a crash
+        without harm, such as leases; the write must still be whole or absent.
+        """
+
+    async def put_new(self, name: str, data: bytes, *, durable: bool = True) -> bool:
         """Store ``data`` under ``name`` only if nothing is there; ``False`` if something was."""
 
     async def get(self, name: str) -> bytes | None:

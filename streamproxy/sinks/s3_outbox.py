@@ -61,11 +61,11 @@ class S3Outbox:
         except Exception as exc:
             raise self._map_error("PutObject", exc) from exc
 
-    async def put(self, name: str, data: bytes) -> None:
-        """Write ``name``, replacing it."""
+    async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``name``, replacing it (every S3 write is durable)."""
         await self._put(name, data, exclusive=False)
 
-    async def put_new(self, name: str, data: bytes) -> bool:
+    async def put_new(self, name: str, data: bytes, *, durable: bool = True) -> bool:
         """Write ``name`` only if it does not exist (412 from the store: ``False``)."""
         try:
             await self._put(name, data, exclusive=True)
