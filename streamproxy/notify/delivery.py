@@ -127,6 +127,9 @@ class Notifier:
         self._active = 0
         self.peak_active = 0  # most deliveries that ever ran at once (bounded by ``concurrency``)
         self._down: dict[str, _Down] = {}  # by target key: targets that failed their last attempt
+        # Names a task of this process is working on: a later scan must not race it for the lease
+        # (two tasks replacing the same expired lease could both believe they hold it).
+        self._busy: set[str] = set()
 
     @staticmethod
     def new_owner() -> str:
@@ -159,6 +162,7 @@ class Notifier:
                 continue
             if target_key(record.target) in self._down:
                 continue  # the target is down: the scan sends a probe, then the backlog
+            self._busy.add(record.name)
             self._spawn(self._fast(record))
         return True
 
@@ -168,14 +172,17 @@ class Notifier:
         task.add_done_callback(self._in_flight.discard)
 
     async def _fast(self, record: Record) -> None:
-        async with self._slots:
-            try:
-                got = await self.outbox.acquire(record.name, now=self._clock(), seconds=self.policy.lease_seconds)
-            except Exception as exc:
-                log.warning("notify_lease_failed", name=record.name, error=str(exc) or type(exc).__name__)
-                return
-            if isinstance(got, Lease):
-                await self._attempt(got, record)
+        try:
+            async with self._slots:
+                try:
+                    got = await self.outbox.acquire(record.name, now=self._clock(), seconds=self.policy.lease_seconds)
+                except Exception as exc:
+                    log.warning("notify_lease_failed", name=record.name, error=str(exc) or type(exc).__name__)
+                    return
+                if isinstance(got, Lease):
+                    await self._attempt(got, record)
+        finally:
+            self._busy.discard(record.name)
 
     # --- scanning --------------------------------------------------------------------------------
 
@@ -203,8 +210,8 @@ class Notifier:
         async for name in self.outbox.names():
             count += 1
             oldest = oldest if oldest is not None else created_at_of(name)
-            if self._stopping:
-                continue  # keep counting, deliver nothing
+            if self._stopping or name in self._busy:
+                continue  # keep counting; deliver nothing now, or leave it to the task that has it
             hint = self._not_before.get(name)
             if hint is not None and hint > now:
                 next_due = min(next_due, hint)
@@ -213,15 +220,12 @@ class Notifier:
             if down is not None and (down.probing or down.until > now):
                 next_due = min(next_due, down.until if not down.probing else next_due)
                 continue
-            got = await self.outbox.acquire(name, now=now, seconds=self.policy.lease_seconds)
-            if not isinstance(got, Lease):
-                self._remember(name, got)
-                next_due = min(next_due, got)
-                continue
             if down is not None:
                 down.probing = True  # this event is the probe; the others wait for its outcome
+            # The lease is taken inside the task: storage round trips overlap, up to ``concurrency``.
             await self._slots.acquire()
-            self._spawn(self._scanned(got))
+            self._busy.add(name)
+            self._spawn(self._scanned(name, now))
         self.stats.pending = count
         # Hints past their time (and those of events other servers delivered) are dropped each scan.
         self._not_before = {name: until for name, until in self._not_before.items() if until > now}
@@ -231,16 +235,24 @@ class Notifier:
             await self.outbox.forget_orphan_leases(now=now)
         return next_due
 
-    async def _scanned(self, lease: Lease) -> None:
+    async def _scanned(self, name: str, now: float) -> None:
         try:
-            record = await self.outbox.load(lease.name)
-            if record is None:  # delivered by another server between the listing and the lease
-                await self.outbox.release(lease)
+            got = await self.outbox.acquire(name, now=now, seconds=self.policy.lease_seconds)
+            if not isinstance(got, Lease):  # another server delivers it, or it backs off
+                self._remember(name, got)
+                down = self._down.get(target_key_of(name))
+                if down is not None:
+                    down.probing = False  # not the probe after all
                 return
-            await self._attempt(lease, record)
+            record = await self.outbox.load(name)
+            if record is None:  # delivered by another server between the listing and the lease
+                await self.outbox.release(got)
+                return
+            await self._attempt(got, record)
         except Exception as exc:
-            log.warning("notify_load_failed", name=lease.name, error=str(exc) or type(exc).__name__)
+            log.warning("notify_scan_item_failed", name=name, error=str(exc) or type(exc).__name__)
         finally:
+            self._busy.discard(name)
             self._slots.release()
 
     def _remember(self, name: str, not_before: float) -> None:
