@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import boto3
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
@@ -353,3 +355,27 @@ async def test_1000_uploads_with_the_receiver_down(tmp_path: Path, receiver: Thr
     )
     assert growth < 15, rss
     assert delivered < 45
+
+
+async def test_sqs_and_sns_get_the_event_from_the_server(tmp_path: Path, moto_endpoint: str) -> None:
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+    sns = boto3.client("sns", endpoint_url=moto_endpoint, region_name="us-east-1")
+    name = uuid.uuid4().hex[:12]
+    queue = sqs.create_queue(QueueName=f"serve-{name}")["QueueUrl"]
+    fanout = sqs.create_queue(QueueName=f"serve-fanout-{name}")["QueueUrl"]
+    fanout_arn = sqs.get_queue_attributes(QueueUrl=fanout, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = sns.create_topic(Name=f"serve-{name}")["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=fanout_arn)
+    args = ["--storage", tmp_path.as_uri(), "--notify-sqs", queue, "--notify-sns", topic]
+    env = {"AWS_ENDPOINT_URL_SQS": moto_endpoint, "AWS_ENDPOINT_URL_SNS": moto_endpoint}
+    with streamproxy_server(args, env=env) as (_, base):
+        async with aiohttp.ClientSession() as session:
+            answer = await put(session, base, "queued-1")
+        await until(lambda: not outbox_files(tmp_path, "pending"))
+    direct = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
+    wrapped = sqs.receive_message(QueueUrl=fanout, WaitTimeSeconds=5)["Messages"]
+    (from_sqs,) = [json.loads(m["Body"]) for m in direct]
+    (from_sns,) = [json.loads(json.loads(m["Body"])["Message"]) for m in wrapped]
+    assert from_sqs == from_sns
+    assert from_sqs["key"] == answer["key"] and from_sqs["sha256"] == answer["sha256"]
+    EVENT_SCHEMA.validate(from_sqs)
