@@ -22,10 +22,10 @@ from streamproxy.notify import DeliveryPolicy, Notifier, Outbox, Signer, Targets
 from streamproxy.notify.metrics import NotifyCollector
 from streamproxy.notify.outbox import DEAD, LEASE, PENDING
 from streamproxy.notify.targets import ping
-from streamproxy.sinks import build_sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemoryOutbox, MemorySink
 from streamproxy.sinks.outbox import OutboxCapable, OutboxStore
+from streamproxy.wiring import build_sink
 from tests.conftest import s3_settings
 from tests.receiver import Receiver
 

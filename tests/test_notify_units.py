@@ -21,10 +21,11 @@ from streamproxy.errors import BadRequest
 from streamproxy.notify import Signer, encode_event, ping_event, recording_stored, signature, verify
 from streamproxy.notify.outbox import DEAD, LEASE, PENDING, Lease, Outbox, target_key, target_key_of
 from streamproxy.redact import REDACTED, scrub
-from streamproxy.sinks import Sink, build_sink
+from streamproxy.sinks import Sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.outbox import OUTBOX_DIR, OutboxCapable, OutboxStore
+from streamproxy.wiring import build_sink
 from tests.conftest import s3_settings
 
 SECRET = "whsec-0123456789abcdef-test"

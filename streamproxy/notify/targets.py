@@ -132,7 +132,7 @@ class QueueTarget:
         self.kind = kind
         self.address = address
         self.spec = f"{kind}:{address}"
-        self._client = client
+        self._aws = client
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """One call, with the event type and id as message attributes (receivers may filter on them)."""
@@ -146,12 +146,12 @@ class QueueTarget:
                 args: dict[str, Any] = {"QueueUrl": self.address, "MessageBody": body, "MessageAttributes": attributes}
                 if self.address.endswith(".fifo"):
                     args.update(MessageGroupId="streamproxy", MessageDeduplicationId=str(event["id"]))
-                await self._client.send_message(**args)
+                await self._aws.send_message(**args)
             else:
                 args = {"TopicArn": self.address, "Message": body, "MessageAttributes": attributes}
                 if self.address.endswith(".fifo"):
                     args.update(MessageGroupId="streamproxy", MessageDeduplicationId=str(event["id"]))
-                await self._client.publish(**args)
+                await self._aws.publish(**args)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
@@ -218,7 +218,7 @@ class Targets:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
 
-    async def _aws(self, service: str, region: str | None) -> Any:
+    async def _queue_client(self, service: str, region: str | None) -> Any:
         client = self._clients.get((service, region))
         if client is None:
             config = AioConfig(
@@ -247,7 +247,7 @@ class Targets:
             if kind == "webhook":
                 target = WebhookTarget(address, self._http(), self.signer)
             else:
-                client = await self._aws(kind, _region_of(kind, address, self.region))
+                client = await self._queue_client(kind, _region_of(kind, address, self.region))
                 target = QueueTarget(kind, address, client)
             self._targets[spec] = target
         return target

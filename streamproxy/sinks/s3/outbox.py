@@ -13,35 +13,30 @@ the normal case here (``None``), not a storage error worth a warning and an S3 e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..errors import KeyExists
-from .outbox import check_name
+from ...errors import KeyExists
+from ..outbox import OUTBOX_DIR, check_name
+from .client import S3Client, map_error
 
 __all__ = ["S3Outbox"]
 
 
 class S3Outbox:
-    """Outbox objects under ``root`` (a key prefix ending in ``/``) in ``bucket``."""
+    """Outbox objects under ``<prefix>.streamproxy-outbox/`` in the sink's bucket, through the sink's client."""
 
-    def __init__(
-        self,
-        client: Callable[[], Any],
-        bucket: str,
-        root: str,
-        *,
-        map_error: Callable[[str, BaseException], Exception],
-        write_args: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._client = client  # a getter: the sink creates its client in start()
-        self.bucket = bucket
-        self.root = root
-        self._map_error = map_error
-        self._write_args = dict(write_args or {})
-        self.description = f"s3://{bucket}/{root}"
+    def __init__(self, client: S3Client) -> None:
+        self._s3 = client
+        self.bucket = client.options.bucket
+        self.root = f"{client.options.prefix}{OUTBOX_DIR}/"
+        self._write_args = client.options.encryption_args()
+        self.description = f"s3://{self.bucket}/{self.root}"
+
+    @property
+    def _client(self) -> Any:
+        return self._s3.raw  # created by the sink's start()
 
     def _key(self, name: str) -> str:
         return self.root + check_name(name)
@@ -57,9 +52,9 @@ class S3Outbox:
         if exclusive:
             args["IfNoneMatch"] = "*"
         try:
-            await self._client().put_object(**args)
+            await self._client.put_object(**args)
         except Exception as exc:
-            raise self._map_error("PutObject", exc) from exc
+            raise map_error("PutObject", exc) from exc
 
     async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
         """Write ``name``, replacing it (every S3 write is durable)."""
@@ -76,23 +71,23 @@ class S3Outbox:
     async def get(self, name: str) -> bytes | None:
         """Read ``name``, or ``None`` if there is no such object."""
         try:
-            response = await self._client().get_object(Bucket=self.bucket, Key=self._key(name))
+            response = await self._client.get_object(Bucket=self.bucket, Key=self._key(name))
             async with response["Body"] as body:
                 data: bytes = await body.read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
-            raise self._map_error("GetObject", exc) from exc
+            raise map_error("GetObject", exc) from exc
         except Exception as exc:
-            raise self._map_error("GetObject", exc) from exc
+            raise map_error("GetObject", exc) from exc
         return data
 
     async def delete(self, name: str) -> None:
         """Delete ``name`` (S3 answers 204 for a missing key too)."""
         try:
-            await self._client().delete_object(Bucket=self.bucket, Key=self._key(name))
+            await self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
         except Exception as exc:
-            raise self._map_error("DeleteObject", exc) from exc
+            raise map_error("DeleteObject", exc) from exc
 
     async def list(self, prefix: str, *, after: str = "", limit: int = 100) -> list[str]:
         """One ``ListObjectsV2`` page: names under ``prefix`` after ``after``, in key order."""
@@ -100,7 +95,7 @@ class S3Outbox:
         if after:
             args["StartAfter"] = self.root + after
         try:
-            response = await self._client().list_objects_v2(**args)
+            response = await self._client.list_objects_v2(**args)
         except Exception as exc:
-            raise self._map_error("ListObjectsV2", exc) from exc
+            raise map_error("ListObjectsV2", exc) from exc
         return [item["Key"].removeprefix(self.root) for item in response.get("Contents", [])]
