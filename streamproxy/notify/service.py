@@ -19,37 +19,17 @@ import asyncio
 import json
 from collections.abc import Sequence
 from typing import TextIO
-from urllib.parse import urlsplit
 
 import structlog
 
 from ..sinks.outbox import OutboxCapable, OutboxStore
 from .delivery import DeliveryPolicy, Notifier, NotifyStats
 from .outbox import DEAD, Outbox
-from .targets import Targets, parse_spec
+from .targets import Targets
 
-__all__ = ["MIN_SECRET_CHARS", "NotifyHub", "check_target", "dead_letter_command"]
+__all__ = ["NotifyHub", "dead_letter_command"]
 
 log = structlog.get_logger("streamproxy.notify")
-
-MIN_SECRET_CHARS = 16  # the rule of auth tokens: long enough not to be guessed, short enough to type
-
-
-def check_target(spec: str) -> str | None:
-    """Return why ``spec`` is not a usable target, or ``None`` (for config validation; never echoes secrets)."""
-    try:
-        kind, address = parse_spec(spec)
-    except ValueError as exc:
-        return str(exc)
-    if kind == "webhook":
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return "--notify-url must be an http:// or https:// URL with a host"
-    elif kind == "sqs" and not address.startswith(("https://", "http://")):
-        return "--notify-sqs must be a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
-    elif kind == "sns" and not address.startswith("arn:"):
-        return "--notify-sns must be a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
-    return None
 
 
 class NotifyHub:

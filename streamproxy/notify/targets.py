@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -37,12 +38,14 @@ from .event import encode_event, ping_event
 from .signing import Signer
 
 __all__ = [
+    "MIN_SECRET_CHARS",
     "DeliveryFailed",
     "Ping",
     "QueueTarget",
     "Target",
     "Targets",
     "WebhookTarget",
+    "check_target",
     "parse_spec",
     "ping",
     "spec_for_url",
@@ -71,6 +74,26 @@ class DeliveryFailed(Exception):
 
 def _final_status(status: int) -> bool:
     return 300 <= status < 500 and status not in _RETRIED_4XX
+
+
+MIN_SECRET_CHARS = 16  # the rule of auth tokens: long enough not to be guessed, short enough to type
+
+
+def check_target(spec: str) -> str | None:
+    """Return why ``spec`` is not a usable target, or ``None`` (for config validation; never echoes secrets)."""
+    try:
+        kind, address = parse_spec(spec)
+    except ValueError as exc:
+        return str(exc)
+    if kind == "webhook":
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return "--notify-url must be an http:// or https:// URL with a host"
+    elif kind == "sqs" and not address.startswith(("https://", "http://")):
+        return "--notify-sqs must be a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+    elif kind == "sns" and not address.startswith("arn:"):
+        return "--notify-sns must be a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+    return None
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
