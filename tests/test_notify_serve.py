@@ -379,3 +379,29 @@ async def test_sqs_and_sns_get_the_event_from_the_server(tmp_path: Path, moto_en
     assert from_sqs == from_sns
     assert from_sqs["key"] == answer["key"] and from_sqs["sha256"] == answer["sha256"]
     EVENT_SCHEMA.validate(from_sqs)
+
+
+async def test_per_route_targets_get_one_event_each_in_the_routes_own_outbox(
+    tmp_path: Path, receiver: ThreadedReceiver
+) -> None:
+    default, acme = tmp_path / "default", tmp_path / "acme"
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        f'[[route]]\npath = "/acme"\nstorage = "{acme.as_uri()}"\n'
+        f'notify-urls = ["{receiver.url}", "{receiver.url}?copy=2"]\n'
+    )
+    args = ["--storage", default.as_uri(), "--config", str(config), "--notify-secret", SECRET]
+    with streamproxy_server(args) as (_, base):
+        async with aiohttp.ClientSession() as session:
+            plain = await put(session, base, "no-event")  # the default route has no targets
+            async with session.put(f"{base}/acme/call-9", data=b"RIFF", headers={"Content-Type": "audio/wav"}) as r:
+                assert r.status == 200
+                routed = await r.json()
+        await until(lambda: len(receiver.received) == 2)
+        await until(lambda: not outbox_files(acme, "pending"))
+        await asyncio.sleep(0.5)
+    assert plain["_status"] == 200
+    assert len(receiver.received) == 2
+    assert {d.event["id"] for d in receiver.received} == {receiver.received[0].event["id"]}  # one event, two targets
+    assert all(d.event["key"] == routed["key"] and d.event["url"] == routed["url"] for d in receiver.received)
+    assert not (default / OUTBOX).exists()
