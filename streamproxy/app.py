@@ -11,10 +11,13 @@ from prometheus_client import CollectorRegistry
 from .auth import GUARDS, Guard, Guards
 from .config import Settings
 from .connections import CONNECTIONS, ConnectionStats
+from .errors import ConfigError
 from .handlers import (
     INGEST,
     ROUTE_INGESTS,
+    ROUTE_NOTIFIERS,
     RouteIngests,
+    RouteNotifiers,
     error_middleware,
     expect_handler,
     guard_middleware,
@@ -23,13 +26,15 @@ from .handlers import (
     put_recording,
 )
 from .ingest import Ingest
-from .lifecycle import ADMISSION, READINESS, Admission, Readiness, readyz
+from .lifecycle import ADMISSION, NOTIFY, READINESS, Admission, Readiness, readyz
 from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
+from .notify.metrics import NotifyCollector
+from .notify.service import NotifyHub
 from .openapi import serve_openapi
 from .parts import BufferPool
 from .routes import route_settings
 from .sinks import Sink
-from .wiring import build_sink
+from .wiring import build_notify_hub, build_sink
 
 __all__ = ["POOL", "SINK", "make_app"]
 
@@ -67,13 +72,21 @@ def make_app(
     app[GUARDS] = Guards()
     sinks = [sink]
     app[ROUTE_INGESTS] = RouteIngests()
-    for route in settings.routes:
-        own = route_settings(settings, route)
+    routes = [(route, route_settings(settings, route)) for route in settings.routes]
+    hub = build_notify_hub(settings, tuple(own for _, own in routes))
+    if hub is not None:
+        app[NOTIFY] = hub
+        app[ROUTE_NOTIFIERS] = RouteNotifiers()
+        metrics.registry.register(NotifyCollector(hub.stats))
+        _notify_route(hub, app[ROUTE_NOTIFIERS], app[INGEST], sink, settings)
+    for route, own in routes:
         route_sink = build_sink(own)
         if hasattr(route_sink, "observe"):
             route_sink.observe = metrics.observe_s3
         sinks.append(route_sink)
         ingest = _ingest(own, route_sink, pool, metrics)
+        if hub is not None:
+            _notify_route(hub, app[ROUTE_NOTIFIERS], ingest, route_sink, own)
         route_guard = Guard.from_settings(own)  # its own tokens only: no other route's token opens it
         for added in (
             app.router.add_post(route.path, post_recording, expect_handler=expect_handler),
@@ -87,6 +100,9 @@ def make_app(
             for each in sinks:
                 await each.start()
                 stack.push_async_callback(each.close)
+            if hub is not None:
+                await hub.start()  # resumes every outbox: leftovers of crashed or stopped servers
+                stack.push_async_callback(hub.close)
             yield
 
     app.cleanup_ctx.append(sink_lifetime)
@@ -122,3 +138,13 @@ def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) 
     )
     ingest.on_manifest_failure = metrics.manifest_failures.inc
     return ingest
+
+
+def _notify_route(hub: NotifyHub, notifiers: RouteNotifiers, ingest: Ingest, sink: Sink, settings: Settings) -> None:
+    """Send ``recording.stored`` events for the route that ``ingest`` serves, through its sink's outbox."""
+    if not settings.notify_targets:
+        return
+    notifier = hub.notifier_for(sink)
+    if notifier is None:
+        raise ConfigError(f"--notify-*: {sink.description} cannot hold a notification outbox")
+    notifiers.add(ingest, notifier, settings.notify_targets)

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, TextIO
 
 from .config import MIB, Settings
 from .errors import KeyExists, StorageError
+from .notify.targets import ping
 from .sinks.fs import TEMP_PREFIX, TEMP_SUFFIX
-from .wiring import build_s3_sink
+from .wiring import build_notify_hub, build_s3_sink
 
 if TYPE_CHECKING:
     from .sinks.s3 import S3Sink
@@ -90,12 +91,28 @@ async def run_check(settings: Settings, out: TextIO = sys.stdout) -> int:
         await _check_s3(settings, report)
     else:
         await asyncio.to_thread(_check_directory, settings.storage.path, settings.write_probe, report)
+    await _check_notify(settings, report)
     if report.problems:
         print(f"verdict: FAILED ({len(report.problems)} problem(s): {', '.join(report.problems)})", file=out)
         return 1
     tested = "" if settings.write_probe else " (writes not tested: add --write-probe)"
     print(f"verdict: OK, streamproxy can store recordings in {settings.storage}{tested}", file=out)
     return 0
+
+
+async def _check_notify(settings: Settings, report: _Report) -> None:
+    """Send each notification target a signed ``ping`` event: reachable, credentials, signature accepted."""
+    hub = build_notify_hub(settings)
+    if hub is None:
+        return
+    try:
+        for result in await ping(hub.targets, settings.notify_targets):
+            if result.problem is None:
+                report.ok(f"notify: {result.target} accepted a signed ping event")
+            else:
+                report.fail(f"notify {result.target}", result.problem)
+    finally:
+        await hub.close()
 
 
 async def _check_s3(settings: Settings, report: _Report) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``streamproxy serve|check|sweep``: flags and ``STREAMPROXY_*`` variables into settings, then run."""
+"""Command line: ``streamproxy serve|check|sweep|notify``: flags and ``STREAMPROXY_*`` variables into settings."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ from .config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_UPLOAD_SECONDS,
+    DEFAULT_NOTIFY_BACKOFF,
+    DEFAULT_NOTIFY_BACKOFF_MAX,
+    DEFAULT_NOTIFY_MAX_AGE,
+    DEFAULT_NOTIFY_TIMEOUT,
     DEFAULT_PART_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_PORT,
@@ -219,6 +223,27 @@ def _security_options(options: _Options) -> None:
     )
 
 
+def _notify_options(options: _Options) -> None:
+    options.add_list("--notify-url", "webhook that gets a signed recording.stored event per stored upload")
+    options.add_list("--notify-sqs", "SQS queue URL that gets the events")
+    options.add_list("--notify-sns", "SNS topic ARN that gets the events")
+    options.add("--notify-secret", str, None, "HMAC secret for Streamproxy-Signature (at least 16 characters)")
+    options.add("--notify-secret-file", str, None, "file whose first line is the notify secret (keeps it out of ps)")
+    options.add(
+        "--notify-max-age",
+        parse_duration,
+        DEFAULT_NOTIFY_MAX_AGE,
+        "seconds (or 7d, 12h) an event is retried before it is kept as a dead letter",
+    )
+    options.add("--notify-timeout", parse_duration, DEFAULT_NOTIFY_TIMEOUT, "seconds one delivery attempt may take")
+    options.add(
+        "--notify-backoff", parse_duration, DEFAULT_NOTIFY_BACKOFF, "seconds before the first retry (then doubling)"
+    )
+    options.add(
+        "--notify-backoff-max", parse_duration, DEFAULT_NOTIFY_BACKOFF_MAX, "longest wait between retries, seconds"
+    )
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
     parser = argparse.ArgumentParser(prog="streamproxy", description="Stream call recordings into object storage.")
     parser.add_argument("--version", action="version", version=f"streamproxy {__version__}")
@@ -257,13 +282,30 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
         "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "open connections before new ones get 503 busy (0: no cap)"
     )
     _security_options(options)
+    _notify_options(options)
     _log_options(options)
 
     check = commands.add_parser("check", help="check configuration, credentials and storage, then exit")
     check_options = _Options(check)
     _storage_options(check_options)
     check_options.add("--write-probe", _flag_bool, False, "also put and delete a probe object (and multipart upload)")
+    _notify_options(check_options)
     _log_options(check_options)
+
+    notify = commands.add_parser("notify", help="list, retry or drop notification dead letters, then exit")
+    notify_options = _Options(notify)
+    _storage_options(notify_options)
+    notify_options.add("--list", _flag_bool, False, "print one JSON line per dead letter", dest="notify_list")
+    notify_options.add_list(
+        "--retry",
+        "put the dead letter NAME back for delivery (or all)",
+        env="STREAMPROXY_NOTIFY_RETRY",
+        dest="notify_retry",
+    )
+    notify_options.add_list(
+        "--drop", "delete the dead letter NAME for good (or all)", env="STREAMPROXY_NOTIFY_DROP", dest="notify_drop"
+    )
+    _log_options(notify_options)
 
     sweep = commands.add_parser("sweep", help="remove leftovers of interrupted uploads, then exit")
     sweep_options = _Options(sweep)
@@ -276,7 +318,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
         "--metrics-file", str, None, "also write the findings here for node_exporter's textfile collector (*.prom)"
     )
     _log_options(sweep_options)
-    return parser, {"serve": options, "check": check_options, "sweep": sweep_options}
+    return parser, {"serve": options, "check": check_options, "sweep": sweep_options, "notify": notify_options}
 
 
 def _log_options(options: _Options) -> None:
@@ -293,6 +335,10 @@ def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
         values["accept_types"] = _types(values["accept_types"])
     if "tags" in values:
         values["tags"] = tuple(_tag(text) for text in values["tags"])
+    if args.command == "notify" and not (
+        values.get("notify_list") or values.get("notify_retry") or values.get("notify_drop")
+    ):
+        raise ConfigError("notify needs --list, --retry NAME or --drop NAME")
     if args.command == "sweep" and values.get("older_than") is None:
         raise ConfigError("sweep needs --older-than DURATION (for example 24h): leftovers younger than it may be live")
     settings = Settings(**values)
@@ -318,7 +364,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .sweep import run_sweep
 
         return asyncio.run(run_sweep(settings))
+    if command == "notify":
+        return asyncio.run(_notify(settings))
     return 2
+
+
+async def _notify(settings: Settings) -> int:
+    from .notify.service import dead_letter_command
+    from .sinks.outbox import OutboxCapable
+    from .wiring import build_sink
+
+    sink = build_sink(settings)
+    if not isinstance(sink, OutboxCapable):
+        print(f"streamproxy: error: {settings.storage} holds no outbox", file=sys.stderr)
+        return 2
+    await sink.start()
+    try:
+        return await dead_letter_command(
+            sink.outbox_store(),
+            show=settings.notify_list,
+            retry=settings.notify_retry,
+            drop=settings.notify_drop,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    except StorageError as exc:
+        print(f"streamproxy: error: storage {settings.storage}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await sink.close()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
 from .keys import KeyTemplate
+from .notify.targets import MIN_SECRET_CHARS, check_target
 from .tags import MAX_CONFIGURED_TAGS, RESERVED_TAGS, parse_tag, sanitize_tag_key
 
 __all__ = [
@@ -61,6 +62,10 @@ DEFAULT_KEEPALIVE_TIMEOUT = 75.0
 DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_MAX_UPLOAD_SECONDS = 3600.0
 MIN_TOKEN_CHARS = 16
+DEFAULT_NOTIFY_MAX_AGE = 7 * 86400.0
+DEFAULT_NOTIFY_TIMEOUT = 10.0
+DEFAULT_NOTIFY_BACKOFF = 1.0
+DEFAULT_NOTIFY_BACKOFF_MAX = 3600.0
 URL_MODES = ("object", "presigned", "s3uri")
 SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 STORAGE_CLASSES = (
@@ -234,6 +239,18 @@ class Settings:
     tls_key: str | None = None
     s3_ca_bundle: str | None = None
     max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS
+    notify_url: tuple[str, ...] = ()
+    notify_sqs: tuple[str, ...] = ()
+    notify_sns: tuple[str, ...] = ()
+    notify_secret: str | None = field(default=None, repr=False)
+    notify_secret_file: str | None = None
+    notify_max_age: float = DEFAULT_NOTIFY_MAX_AGE
+    notify_timeout: float = DEFAULT_NOTIFY_TIMEOUT
+    notify_backoff: float = DEFAULT_NOTIFY_BACKOFF
+    notify_backoff_max: float = DEFAULT_NOTIFY_BACKOFF_MAX
+    notify_list: bool = False
+    notify_retry: tuple[str, ...] = ()
+    notify_drop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -308,6 +325,60 @@ class Settings:
         if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
             raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
         self._validate_security()
+        self._validate_notify()
+
+    def _validate_notify(self) -> None:
+        for spec in self.notify_targets:
+            problem = check_target(spec)
+            if problem is not None:
+                raise ConfigError(f"{problem}: {spec.partition(':')[2]!r}")
+        if self.notify_secret is not None and self.notify_secret_file is not None:
+            raise ConfigError("--notify-secret and --notify-secret-file: give one of them")
+        secret = self.notify_signing_secret
+        if secret is not None and len(secret) < MIN_SECRET_CHARS:
+            # The secret itself never appears in an error.
+            raise ConfigError(f"the notify secret must be at least {MIN_SECRET_CHARS} characters long")
+        if self.notify_url and secret is None:
+            raise ConfigError(
+                "--notify-url needs --notify-secret (or --notify-secret-file, STREAMPROXY_NOTIFY_SECRET) to sign events"
+            )
+        for flag, value in (
+            ("--notify-max-age", self.notify_max_age),
+            ("--notify-timeout", self.notify_timeout),
+            ("--notify-backoff", self.notify_backoff),
+            ("--notify-backoff-max", self.notify_backoff_max),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{flag} must be positive")
+        if self.notify_backoff > self.notify_backoff_max:
+            raise ConfigError("--notify-backoff must not exceed --notify-backoff-max")
+
+    @property
+    def notify_targets(self) -> tuple[str, ...]:
+        """Every notification target as a spec: ``webhook:URL``, ``sqs:QUEUE_URL``, ``sns:TOPIC_ARN``."""
+        return (
+            tuple(f"webhook:{u}" for u in self.notify_url)
+            + tuple(f"sqs:{q}" for q in self.notify_sqs)
+            + tuple(f"sns:{t}" for t in self.notify_sns)
+        )
+
+    @property
+    def notify_signing_secret(self) -> str | None:
+        """The webhook signing secret: ``--notify-secret``, else the first line of ``--notify-secret-file``."""
+        if self.notify_secret is not None:
+            return self.notify_secret
+        if self.notify_secret_file is None:
+            return None
+        try:
+            text = Path(self.notify_secret_file).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"--notify-secret-file {self.notify_secret_file!r}: cannot read it ({exc.__class__.__name__})"
+            ) from None
+        secret = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        if not secret:
+            raise ConfigError(f"--notify-secret-file {self.notify_secret_file!r}: holds no secret")
+        return secret
 
     def _validate_security(self) -> None:
         if self.max_upload_seconds <= 0:

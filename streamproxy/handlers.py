@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,10 +22,14 @@ from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .lifecycle import ADMISSION
 from .manifest import RequestInfo, write_manifest
 from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
+from .notify.delivery import Notifier
+from .notify.event import recording_stored
 
 __all__ = [
     "ROUTE_INGESTS",
+    "ROUTE_NOTIFIERS",
     "RouteIngests",
+    "RouteNotifiers",
     "error_middleware",
     "expect_handler",
     "guard_middleware",
@@ -57,6 +62,24 @@ class RouteIngests:
 
 
 ROUTE_INGESTS = web.AppKey("route_ingests", RouteIngests)
+
+
+class RouteNotifiers:
+    """The notifier and targets of each upload route that sends ``recording.stored`` events, by its ingest."""
+
+    def __init__(self) -> None:
+        self._by_ingest: dict[Ingest, tuple[Notifier, tuple[str, ...]]] = {}
+
+    def add(self, ingest: Ingest, notifier: Notifier, targets: tuple[str, ...]) -> None:
+        """Send an event to ``targets`` through ``notifier`` for every upload ``ingest`` stores."""
+        self._by_ingest[ingest] = (notifier, targets)
+
+    def get(self, ingest: Ingest) -> tuple[Notifier, tuple[str, ...]] | None:
+        """Return the notifier and targets of the route that ``ingest`` serves, if it has targets."""
+        return self._by_ingest.get(ingest)
+
+
+ROUTE_NOTIFIERS = web.AppKey("route_notifiers", RouteNotifiers)
 
 
 def ingest_for(request: web.Request) -> Ingest:
@@ -245,12 +268,21 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
     admission = request.app[ADMISSION]
     ingest = ingest_for(request)
     manifest: str | None = None
+    body: dict[str, Any] = {}
     try:
         _precheck(request)
         with admission:
             upload = await work()
+            stored_at = datetime.now(UTC)
             if ingest.manifest:
                 manifest = await write_manifest(ingest, upload, _request_info(request, received_at))
+            body = _answer(upload, manifest if ingest.manifest else _NO_MANIFEST)
+            notify = request.app[ROUTE_NOTIFIERS].get(ingest) if ROUTE_NOTIFIERS in request.app else None
+            if notify is not None:
+                # Into the outbox before the answer, still inside admission so the drain waits for it.
+                # A failed outbox write is logged and counted there; the recording is stored either way.
+                info = _request_info(request, received_at)
+                await notify[0].record(_event(body, upload, info, stored_at), notify[1])
         outcome = "success"
     except StreamproxyError as exc:
         error = exc
@@ -272,7 +304,15 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
     finally:
         CURRENT_UPLOAD.reset(token)
         _report(request, outcome=outcome, error=error, started=started, stats=stats, upload=upload, cancelled=cancelled)
-    body: dict[str, object] = {
+    return web.json_response(body)
+
+
+_NO_MANIFEST = object()  # the route writes no manifests: the answer has no "manifest" key
+
+
+def _answer(upload: Upload, manifest: str | object | None) -> dict[str, Any]:
+    """Build the success answer's body."""
+    body: dict[str, Any] = {
         "status": "success",
         "url": upload.stored.url,
         "key": upload.stored.key,
@@ -283,9 +323,29 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
     }
     if upload.stored.bucket is not None:
         body["bucket"] = upload.stored.bucket
-    if ingest.manifest:
+    if manifest is not _NO_MANIFEST:
         body["manifest"] = manifest
-    return web.json_response(body)
+    return body
+
+
+def _event(body: dict[str, Any], upload: Upload, info: RequestInfo, stored_at: datetime) -> dict[str, Any]:
+    """Build the ``recording.stored`` event of an answered upload (``url`` exactly as answered)."""
+    return recording_stored(
+        key=body["key"],
+        url=body["url"],
+        bucket=body.get("bucket"),
+        size=body["size"],
+        sha256=body["sha256"],
+        checksum=body.get("checksum"),  # the store-verified checksum, where the answer reports one
+        audio=body["audio"],
+        fields=upload.fields,
+        content_type=upload.content_type,
+        client_address=info.client,
+        request_id=info.request_id,
+        received_at=info.received_at,
+        stored_at=stored_at,
+        manifest=body.get("manifest"),
+    )
 
 
 def _request_info(request: web.Request, received_at: datetime) -> RequestInfo:

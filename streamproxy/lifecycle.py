@@ -8,7 +8,9 @@ Shutdown on SIGTERM or SIGINT, in order:
 3. uploads still receiving bytes then are cancelled: the ingest path aborts their writers (no
    object, no incomplete multipart upload, no temporary file) and the client gets ``503 shutdown``.
    Uploads already completing in storage are left to finish, for up to ``ABORT_GRACE`` seconds;
-4. the listener and connections close, the sink closes, and the process exits 0.
+4. notification deliveries in flight (``streamproxy.notify``) may finish within what is left of
+   ``--shutdown-timeout``; the rest stay in the outbox, their leases handed back;
+5. the listener and connections close, the sink closes, and the process exits 0.
 
 A second signal during step 2 skips the rest of the wait. aiohttp's own ``run_app`` is not used:
 on SIGTERM it closes the listening socket first, so new uploads would meet a refused connection
@@ -31,11 +33,13 @@ from aiohttp import web
 from .connections import CONNECTIONS, ConnectionLimits, ConnectionStats, GuardedSite
 from .errors import StreamproxyError, Unavailable
 from .metrics import METRICS, Metrics
+from .notify.service import NotifyHub
 from .sinks import Sink
 
 __all__ = [
     "ABORT_GRACE",
     "ADMISSION",
+    "NOTIFY",
     "CURRENT_TICKET",
     "PROBE_TIMEOUT",
     "PROBE_TTL",
@@ -207,6 +211,7 @@ class Readiness:
 
 
 READINESS = web.AppKey("readiness", Readiness)
+NOTIFY = web.AppKey("notify", NotifyHub)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -277,6 +282,18 @@ async def _drain(app: web.Application, admission: Admission, reason: str, second
         metrics.draining.set(1)
     started = time.monotonic()
     log.info("draining", signal=reason, in_flight=admission.in_flight, shutdown_timeout=seconds)
+    try:
+        await _drain_uploads(admission, seconds, hurry, started)
+    finally:
+        # After the uploads, whose answers may still add events: deliveries in flight get what is
+        # left of --shutdown-timeout; what they cannot finish stays in the outbox for the next start.
+        hub = app.get(NOTIFY)
+        if hub is not None:
+            cut = await hub.drain(max(0.0, seconds - (time.monotonic() - started)))
+            log.info("notify_drained", cut_off=cut)
+
+
+async def _drain_uploads(admission: Admission, seconds: float, hurry: asyncio.Event, started: float) -> None:
     if await admission.wait_idle(seconds, interrupt=hurry):
         log.info("drained", seconds=round(time.monotonic() - started, 3))
         return

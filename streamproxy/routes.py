@@ -91,6 +91,10 @@ ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "manifest": ("manifest", _boolean),
     "require-wav": ("require_wav", _boolean),
     "overwrite": ("overwrite", _boolean),
+    # --notify-url/-sqs/-sns per route; the secret, timeouts and backoff are the process's
+    "notify-urls": ("notify_url", _strings),
+    "notify-sqs": ("notify_sqs", _strings),
+    "notify-sns": ("notify_sns", _strings),
 }
 # What a route does not set falls back to the built-in default of its Settings field, never to the
 # default route's flags. (``storage`` is required in every table, so it has no fallback.)

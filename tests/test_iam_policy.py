@@ -72,7 +72,7 @@ def test_policy_covers_every_operation_the_code_calls() -> None:
 
 
 def test_policy_is_least_privilege() -> None:
-    """Only the documented actions; objects only under the prefix; deletes only on the staging prefix; no wildcards."""
+    """Only the documented actions; objects only under the prefix; deletes only on staging and outbox; no wildcards."""
     granted = _granted()
     assert set(granted) == {
         "s3:PutObject",
@@ -83,7 +83,10 @@ def test_policy_is_least_privilege() -> None:
         "s3:ListBucket",
         "s3:ListBucketMultipartUploads",
     }
-    assert granted["s3:DeleteObject"] == ["arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-staging/*"]
+    assert granted["s3:DeleteObject"] == [
+        "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-staging/*",
+        "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-outbox/*",
+    ]
     for action in ("s3:PutObject", "s3:GetObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"):
         assert granted[action] == ["arn:aws:s3:::RECORDINGS-BUCKET/calls/*"]
     assert not any("*" in action for action in granted)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import os
 import time
 import uuid
@@ -20,8 +21,9 @@ from pathlib import Path
 from ..errors import BadRequest, KeyExists, StorageError, StorageFailed
 from ..parts import PartBuffer
 from . import Stored, SweepItem
+from .outbox import OUTBOX_DIR, check_name
 
-__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "FileSink", "FileWriter"]
+__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "FileOutbox", "FileSink", "FileWriter"]
 
 TEMP_PREFIX = ".streamproxy-"
 TEMP_SUFFIX = ".tmp"
@@ -51,6 +53,10 @@ class FileSink:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    def outbox_store(self) -> FileOutbox:
+        """Return the notification outbox: files under ``<root>/.streamproxy-outbox/``."""
+        return FileOutbox(self.root / OUTBOX_DIR)
 
     def path_for(self, key: str) -> Path:
         """Map a key to a path, refusing any key that would leave the root."""
@@ -220,3 +226,103 @@ class FileWriter:
             self._temp.unlink(missing_ok=True)
 
         await asyncio.shield(asyncio.to_thread(remove))
+
+
+class FileOutbox:
+    """The notification outbox as files (``streamproxy.sinks.outbox``): written whole, fsynced, then linked.
+
+    ``put_new`` is ``link(2)``, which fails if the name exists, so two servers sharing the
+    directory (NFS included) cannot both create one lease. Each blocking call runs in a thread.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = root.as_uri()
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _write(self, name: str, data: bytes, *, exclusive: bool, durable: bool) -> bool:
+        target = self._path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            try:
+                os.write(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if exclusive:
+                try:
+                    os.link(temp, target)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(temp, target)
+            if durable:
+                dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            return True
+        finally:
+            temp.unlink(missing_ok=True)
+
+    async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``name`` whole, replacing it (``rename(2)``); fsynced with its directory if ``durable``."""
+        try:
+            await asyncio.to_thread(self._write, name, data, exclusive=False, durable=durable)
+        except OSError as exc:
+            raise _storage_error(f"write outbox entry {name}", exc) from None
+
+    async def put_new(self, name: str, data: bytes, *, durable: bool = True) -> bool:
+        """Write ``name`` whole only if it does not exist (``link(2)``)."""
+        try:
+            return await asyncio.to_thread(self._write, name, data, exclusive=True, durable=durable)
+        except OSError as exc:
+            raise _storage_error(f"write outbox entry {name}", exc) from None
+
+    async def get(self, name: str) -> bytes | None:
+        """Read ``name``, or ``None`` if it is gone."""
+        path = self._path(name)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(f"read outbox entry {name}", exc) from None
+
+    async def delete(self, name: str) -> None:
+        """Unlink ``name`` if it exists."""
+        path = self._path(name)
+        try:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except OSError as exc:
+            raise _storage_error(f"delete outbox entry {name}", exc) from None
+
+    def _list(self, prefix: str, after: str, limit: int) -> list[str]:
+        folder, _, stem = prefix.rpartition("/")
+        directory = self._path(folder) if folder else self.root
+        try:
+            entries = os.scandir(directory)
+        except FileNotFoundError:
+            return []
+        with entries:
+            base = f"{folder}/" if folder else ""
+            names = (
+                base + entry.name
+                for entry in entries
+                if entry.name.startswith(stem) and not entry.name.startswith(".") and entry.is_file()
+            )
+            # One pass over the directory keeping only the ``limit`` smallest names: memory stays at a page.
+            return heapq.nsmallest(limit, (name for name in names if name > after))
+
+    async def list(self, prefix: str, *, after: str = "", limit: int = 100) -> list[str]:
+        """List up to ``limit`` names that start with ``prefix`` and sort after ``after``, in order."""
+        try:
+            return await asyncio.to_thread(self._list, prefix, after, limit)
+        except OSError as exc:
+            raise _storage_error("list the outbox", exc) from None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import BadRequest, KeyExists, StorageUnavailable
 from ..parts import PartBuffer
 from . import Stored, SweepItem
+from .outbox import check_name
 
-__all__ = ["MemoryObject", "MemorySink", "MemoryWriter"]
+__all__ = ["MemoryObject", "MemoryOutbox", "MemorySink", "MemoryWriter"]
 
 
 @dataclass
@@ -32,6 +34,11 @@ class MemorySink:
         self.objects: dict[str, MemoryObject] = {}
         self.aborted = 0
         self.reachable = True
+        self.outbox = MemoryOutbox()
+
+    def outbox_store(self) -> MemoryOutbox:
+        """Return the notification outbox; servers that share this sink object share it too."""
+        return self.outbox
 
     async def start(self) -> None:
         """Nothing to acquire."""
@@ -106,3 +113,56 @@ class MemoryWriter:
             self._done = True
             self._chunks = []
             self._sink.aborted += 1
+
+
+class MemoryOutbox:
+    """The notification outbox as a sorted dict (``streamproxy.sinks.outbox``).
+
+    ``failing`` makes every call raise ``StorageUnavailable``, so tests can play an outbox outage.
+    """
+
+    description = "memory:///.streamproxy-outbox/"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self._names: list[str] = []  # sorted, for paged listing
+        self.failing = False
+
+    def _check(self, name: str) -> str:
+        if self.failing:
+            raise StorageUnavailable("memory outbox is marked failing", storage_code="Unreachable")
+        return check_name(name)
+
+    async def put(self, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Store or replace ``name``."""
+        if self._check(name) not in self.objects:
+            bisect.insort(self._names, name)
+        self.objects[name] = bytes(data)
+
+    async def put_new(self, name: str, data: bytes, *, durable: bool = True) -> bool:
+        """Store ``name`` only if it is free."""
+        if self._check(name) in self.objects:
+            return False
+        await self.put(name, data)
+        return True
+
+    async def get(self, name: str) -> bytes | None:
+        """Return ``name`` or ``None``."""
+        return self.objects.get(self._check(name))
+
+    async def delete(self, name: str) -> None:
+        """Forget ``name``."""
+        if self.objects.pop(self._check(name), None) is not None:
+            del self._names[bisect.bisect_left(self._names, name)]
+
+    async def list(self, prefix: str, *, after: str = "", limit: int = 100) -> list[str]:
+        """Up to ``limit`` names starting with ``prefix`` after ``after``, in order."""
+        if self.failing:
+            raise StorageUnavailable("memory outbox is marked failing", storage_code="Unreachable")
+        start = max(bisect.bisect_right(self._names, after), bisect.bisect_left(self._names, prefix))
+        found: list[str] = []
+        for name in self._names[start:]:
+            if not name.startswith(prefix) or len(found) >= limit:
+                break
+            found.append(name)
+        return found

@@ -9,6 +9,7 @@
 | ``upload`` | ``MultipartUpload`` (direct and staged paths) and the conditional ``final_write`` |
 | ``writer`` | ``S3Writer``: single PUT, direct multipart, staged copy, tagging |
 | ``admin`` | ``S3Admin``: probe, Object Lock, sweep |
+| ``outbox`` | ``S3Outbox``: the notification outbox in the bucket (``sinks.outbox.OutboxStore``) |
 | ``sink`` | ``S3Sink``, which ties them together |
 """
 

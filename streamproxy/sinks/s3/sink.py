@@ -14,6 +14,7 @@ from .admin import S3Admin
 from .capabilities import Capabilities
 from .client import ClientFactory, S3Client, aiobotocore_client
 from .options import S3Options
+from .outbox import S3Outbox
 from .writer import S3Writer
 
 __all__ = ["S3Sink"]
@@ -109,6 +110,10 @@ class S3Sink:
     ) -> S3Writer:
         """Start an upload; nothing is sent to S3 until the first part is full or the upload completes."""
         return S3Writer(self.client, key, content_type, metadata, tags or {}, strategy=self._strategy)
+
+    def outbox_store(self) -> S3Outbox:
+        """Return the notification outbox under ``<prefix>.streamproxy-outbox/`` (``OutboxCapable``)."""
+        return S3Outbox(self.client)
 
     async def probe(self) -> None:
         """Check cheaply that the bucket is reachable with these credentials (see ``S3Admin.probe``)."""
