@@ -1,0 +1,35 @@
+"""What an S3-compatible store supports: probed at start, never assumed.
+
+``Capabilities`` is produced by ``sinks.s3.probe`` (or pinned by the operator) and consumed by the
+writer, which adapts its strategy to it (see docs/storage-compatibility.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["AUTO_ORDER", "CHECKSUM_MODES", "Capabilities"]
+
+# Part-checksum modes a store can be probed for. "crc64nvme" is the full-object CRC64NVME
+# (x-amz-checksum-type: FULL_OBJECT); "crc32", "crc32c" and "sha256" are composite (per part).
+CHECKSUM_MODES = ("md5", "crc32", "crc32c", "crc64nvme", "sha256")
+# --checksum auto picks the first of these that the store supports: full-object CRC, composite CRC, MD5.
+AUTO_ORDER = ("crc64nvme", "crc32c", "crc32", "md5")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """One flag per S3 feature streamproxy relies on."""
+
+    conditional_put: bool  # PutObject with If-None-Match: * answers 412 on an existing key
+    conditional_complete: bool  # CompleteMultipartUpload with If-None-Match: * answers 412 on an existing key
+    checksums: frozenset[str]  # the CHECKSUM_MODES the store accepts through CompleteMultipartUpload
+    tagging: bool  # PutObjectTagging
+    upload_part_copy: bool  # UploadPartCopy
+    list_multipart_uploads: bool  # ListMultipartUploads
+    abort_multipart: bool  # AbortMultipartUpload removes the upload
+    head_bucket: bool  # HeadBucket
+    probed: bool = True  # False: pinned or assumed by the operator instead of probed
+    # Added by the compatibility suite: the accepted modes whose wrong value the store refuses. Ceph 16,
+    # s3rver and moto accept CRC/SHA256 headers (s3rver and moto even Content-MD5) without checking them.
+    verified_checksums: frozenset[str] = frozenset()
