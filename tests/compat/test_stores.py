@@ -162,8 +162,12 @@ async def test_presigned_url_downloads_the_recording(client_for, area: Area) -> 
     """`--url-mode presigned`: the answer's link downloads exactly the stored bytes, without credentials."""
     client = await client_for(area.settings(url_mode="presigned", presign_expires=600))
     answer = await _store_one(client, "linked", SMALL)
-    with urllib.request.urlopen(answer["url"], timeout=30) as got:  # noqa: S310 - a loopback test store
-        assert got.read() == SMALL
+
+    def download() -> bytes:
+        with urllib.request.urlopen(answer["url"], timeout=30) as got:
+            return bytes(got.read())
+
+    assert await asyncio.to_thread(download) == SMALL
 
 
 async def test_manifest(client_for, area: Area) -> None:
@@ -187,7 +191,8 @@ async def test_readyz(client_for, area: Area) -> None:
 
 def _cli(area: Area, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamproxy", *args, "--storage", area.storage, "--s3-endpoint-url", area.store.endpoint],
+        [sys.executable, "-m", "streamproxy", *args, "--storage", area.storage]
+        + ["--s3-endpoint-url", area.store.endpoint],
         capture_output=True,
         text=True,
         env={**os.environ, **area.store.env()},
