@@ -190,9 +190,9 @@ async def test_readyz(client_for, area: Area) -> None:
 
 
 def _cli(area: Area, *args: str) -> subprocess.CompletedProcess[str]:
+    where = ("--storage", area.storage, "--s3-endpoint-url", area.store.endpoint)
     return subprocess.run(
-        [sys.executable, "-m", "streamproxy", *args, "--storage", area.storage]
-        + ["--s3-endpoint-url", area.store.endpoint],
+        [sys.executable, "-m", "streamproxy", *args, *where],
         capture_output=True,
         text=True,
         env={**os.environ, **area.store.env()},
