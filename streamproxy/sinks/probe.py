@@ -345,15 +345,17 @@ async def probe(client: Any, bucket: str, prefix: str) -> ProbeReport:
         await p.cleanup()
         raise ProbeError("probe", exc) from exc
     leftovers = await p.cleanup()
+    accepted = frozenset(mode for mode, ok in zip(CHECKSUM_MODES, checksums, strict=True) if ok)
     capabilities = Capabilities(
         conditional_put=conditional_put,
         conditional_complete=conditional_complete,
-        checksums=frozenset(mode for mode, ok in zip(CHECKSUM_MODES, checksums, strict=True) if ok),
+        # a store that refuses the header outright also refused the wrong value: that is not verification
+        checksums=accepted & p.verified,
         tagging=tagging,
         upload_part_copy=upload_part_copy,
         list_multipart_uploads=list_multipart_uploads,
         abort_multipart=abort_multipart,
         head_bucket=head_bucket,
-        verified_checksums=frozenset(p.verified),
+        accepted_checksums=accepted,
     )
     return ProbeReport(capabilities, p.evidence, leftovers)
