@@ -26,7 +26,16 @@ from botocore.exceptions import ClientError
 
 from .capabilities import CHECKSUM_MODES, Capabilities
 
-__all__ = ["PROBE_DIR", "ProbeError", "ProbeReport", "probe"]
+__all__ = [
+    "PROBE_DIR",
+    "ProbeError",
+    "ProbeReport",
+    "capabilities_from_json",
+    "capabilities_to_json",
+    "capability_rows",
+    "log_fields",
+    "probe",
+]
 
 PROBE_DIR = ".streamproxy-probe/"
 _BODY = b"streamproxy capability probe\n" * 37  # about 1 KiB: a single (last) part needs no minimum size
@@ -359,3 +368,93 @@ async def probe(client: Any, bucket: str, prefix: str) -> ProbeReport:
         accepted_checksums=accepted,
     )
     return ProbeReport(capabilities, p.evidence, leftovers)
+
+
+# --- pinning: the operator's file instead of a probe at start ------------------------------------
+
+_FLAGS = (
+    "conditional_put",
+    "conditional_complete",
+    "tagging",
+    "upload_part_copy",
+    "list_multipart_uploads",
+    "abort_multipart",
+    "head_bucket",
+)
+_SETS = ("checksums", "accepted_checksums")
+
+
+def capabilities_to_json(capabilities: Capabilities) -> dict[str, Any]:
+    """Return the JSON form of ``capabilities`` that ``capabilities_from_json`` reads back (for pinning)."""
+    out: dict[str, Any] = {name: getattr(capabilities, name) for name in _FLAGS}
+    out.update({name: sorted(getattr(capabilities, name)) for name in _SETS})
+    return out
+
+
+def capabilities_from_json(data: Any) -> Capabilities:
+    """Read pinned capabilities (``probed=False``); raise ``ValueError`` naming what is wrong.
+
+    Every flag must be given: a pin that silently defaulted a missing flag to "supported" could
+    turn duplicate protection off without anyone deciding it.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    unknown = sorted(set(data) - set(_FLAGS) - set(_SETS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+    missing = [name for name in (*_FLAGS, "checksums") if name not in data]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    for name in _FLAGS:
+        if not isinstance(data[name], bool):
+            raise ValueError(f"{name} must be true or false")
+    sets: dict[str, frozenset[str]] = {}
+    for name in _SETS:
+        value = data.get(name, data["checksums"])  # accepted defaults to the verified modes
+        if not isinstance(value, list) or not all(isinstance(m, str) and m in CHECKSUM_MODES for m in value):
+            raise ValueError(f"{name} must be a list of {', '.join(CHECKSUM_MODES)}")
+        sets[name] = frozenset(value)
+    if not sets["checksums"] <= sets["accepted_checksums"]:
+        raise ValueError("checksums (verified) must be a subset of accepted_checksums")
+    return Capabilities(
+        **{name: data[name] for name in _FLAGS},
+        checksums=sets["checksums"],
+        accepted_checksums=sets["accepted_checksums"],
+        probed=False,
+    )
+
+
+# --- one line per capability, for `check` and the start log ---------------------------------------
+
+_LABELS = {
+    "head_bucket": "HeadBucket",
+    "conditional_put": "conditional PutObject",
+    "conditional_complete": "conditional CompleteMultipartUpload",
+    "tagging": "PutObjectTagging",
+    "upload_part_copy": "UploadPartCopy",
+    "list_multipart_uploads": "ListMultipartUploads",
+    "abort_multipart": "AbortMultipartUpload",
+}
+
+
+def capability_rows(capabilities: Capabilities, evidence: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """Return (feature, yes/no/verified, evidence) for every probed feature, in a stable order."""
+    evidence = evidence or {}
+    rows = [
+        (label, "yes" if getattr(capabilities, name) else "NO", evidence.get(name, ""))
+        for name, label in _LABELS.items()
+    ]
+    for mode in CHECKSUM_MODES:
+        if mode in capabilities.checksums:
+            state = "verified"
+        elif mode in capabilities.accepted_checksums:
+            state = "unchecked"
+        else:
+            state = "NO"
+        rows.append((f"checksum {mode}", state, evidence.get(f"checksum_{mode}", "")))
+    return rows
+
+
+def log_fields(capabilities: Capabilities) -> dict[str, Any]:
+    """Return the fields of the one ``storage_capabilities`` log line."""
+    return {**capabilities_to_json(capabilities), "probed": capabilities.probed}
