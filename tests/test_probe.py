@@ -17,14 +17,8 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from streamproxy.sinks.capabilities import CHECKSUM_MODES, Capabilities
-from streamproxy.sinks.probe import (
-    PROBE_DIR,
-    ProbeError,
-    capabilities_from_json,
-    capabilities_to_json,
-    capability_rows,
-    probe,
-)
+from streamproxy.sinks.pin import AWS_DOCUMENTED, capabilities_from_json, capabilities_to_json, load_pin
+from streamproxy.sinks.probe import PROBE_DIR, ProbeError, capability_rows, probe
 from tests.conftest import incomplete_uploads, objects
 
 ALL = frozenset(CHECKSUM_MODES)
@@ -238,3 +232,16 @@ def test_rows_name_every_feature_and_checksum_state() -> None:
     assert rows["conditional CompleteMultipartUpload"] == "NO"
     assert rows["checksum md5"] == "verified" and rows["checksum crc32"] == "unchecked"
     assert len(rows) == 7 + len(CHECKSUM_MODES)
+
+
+def test_load_pin_choices(tmp_path) -> None:
+    assert load_pin("probe") is None
+    assert load_pin("aws") == AWS_DOCUMENTED and not AWS_DOCUMENTED.probed
+    path = tmp_path / "caps.json"
+    path.write_text(json.dumps(capabilities_to_json(AWS_DOCUMENTED)))
+    assert load_pin(str(path)) == AWS_DOCUMENTED
+    with pytest.raises(ValueError, match="cannot read"):
+        load_pin(str(tmp_path / "missing.json"))
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_pin(str(path))

@@ -25,13 +25,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .capabilities import CHECKSUM_MODES, Capabilities
+from .pin import capabilities_to_json
 
 __all__ = [
     "PROBE_DIR",
     "ProbeError",
     "ProbeReport",
-    "capabilities_from_json",
-    "capabilities_to_json",
     "capability_rows",
     "log_fields",
     "probe",
@@ -368,60 +367,6 @@ async def probe(client: Any, bucket: str, prefix: str) -> ProbeReport:
         accepted_checksums=accepted,
     )
     return ProbeReport(capabilities, p.evidence, leftovers)
-
-
-# --- pinning: the operator's file instead of a probe at start ------------------------------------
-
-_FLAGS = (
-    "conditional_put",
-    "conditional_complete",
-    "tagging",
-    "upload_part_copy",
-    "list_multipart_uploads",
-    "abort_multipart",
-    "head_bucket",
-)
-_SETS = ("checksums", "accepted_checksums")
-
-
-def capabilities_to_json(capabilities: Capabilities) -> dict[str, Any]:
-    """Return the JSON form of ``capabilities`` that ``capabilities_from_json`` reads back (for pinning)."""
-    out: dict[str, Any] = {name: getattr(capabilities, name) for name in _FLAGS}
-    out.update({name: sorted(getattr(capabilities, name)) for name in _SETS})
-    return out
-
-
-def capabilities_from_json(data: Any) -> Capabilities:
-    """Read pinned capabilities (``probed=False``); raise ``ValueError`` naming what is wrong.
-
-    Every flag must be given: a pin that silently defaulted a missing flag to "supported" could
-    turn duplicate protection off without anyone deciding it.
-    """
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object")
-    unknown = sorted(set(data) - set(_FLAGS) - set(_SETS))
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-    missing = [name for name in (*_FLAGS, "checksums") if name not in data]
-    if missing:
-        raise ValueError(f"missing field(s) {', '.join(missing)}")
-    for name in _FLAGS:
-        if not isinstance(data[name], bool):
-            raise ValueError(f"{name} must be true or false")
-    sets: dict[str, frozenset[str]] = {}
-    for name in _SETS:
-        value = data.get(name, data["checksums"])  # accepted defaults to the verified modes
-        if not isinstance(value, list) or not all(isinstance(m, str) and m in CHECKSUM_MODES for m in value):
-            raise ValueError(f"{name} must be a list of {', '.join(CHECKSUM_MODES)}")
-        sets[name] = frozenset(value)
-    if not sets["checksums"] <= sets["accepted_checksums"]:
-        raise ValueError("checksums (verified) must be a subset of accepted_checksums")
-    return Capabilities(
-        **{name: data[name] for name in _FLAGS},
-        checksums=sets["checksums"],
-        accepted_checksums=sets["accepted_checksums"],
-        probed=False,
-    )
 
 
 # --- one line per capability, for `check` and the start log ---------------------------------------
