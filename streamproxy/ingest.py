@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
+from .lifecycle import mark_completing
 from .parts import BufferPool, PartBuffer
 from .sinks import Sink, Stored, Writer
 from .tags import sanitize_tag_key, sanitize_tag_value
@@ -299,6 +300,7 @@ class Ingest:
         )
         try:
             received = await self._stream(writer, read, deadline)
+            mark_completing()
             stored = await writer.complete(metadata=_facts(received), tags=self.tags_for(fields))
         except BaseException:
             await writer.abort()
@@ -379,12 +381,14 @@ class Ingest:
             facts = _facts(received)
             tags = self.tags_for(fields)
             if staged:
+                mark_completing()
                 stored = await writer.complete(
                     key=self.key_for(fields["filename"], fields),
                     metadata={**sanitize_metadata(fields), **facts},
                     tags=tags,
                 )
             else:
+                mark_completing()
                 stored = await writer.complete(metadata=facts, tags=tags)
         except BaseException:
             if writer is not None:
