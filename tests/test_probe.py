@@ -16,9 +16,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from streamproxy.sinks.capabilities import CHECKSUM_MODES, Capabilities
-from streamproxy.sinks.pin import AWS_DOCUMENTED, capabilities_from_json, capabilities_to_json, load_pin
-from streamproxy.sinks.probe import PROBE_DIR, ProbeError, capability_rows, probe
+from streamproxy.sinks.s3.capabilities import CHECKSUM_MODES, Capabilities
+from streamproxy.sinks.s3.pin import AWS_DOCUMENTED, capabilities_from_json, capabilities_to_json, load_pin
+from streamproxy.sinks.s3.probe import PROBE_DIR, ProbeError, capability_rows, probe
 from tests.conftest import incomplete_uploads, objects
 
 ALL = frozenset(CHECKSUM_MODES)

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from streamproxy.sinks.capabilities import CHECKSUM_MODES, Capabilities
+from streamproxy.sinks.s3.capabilities import CHECKSUM_MODES, Capabilities
 
 __all__ = ["MEASURED", "STORES", "Store"]
 

@@ -233,7 +233,7 @@ async def test_probe_finds_the_documented_capabilities(area: Area) -> None:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
-    from streamproxy.sinks.probe import probe
+    from streamproxy.sinks.s3.probe import probe
 
     config = AioConfig(
         request_checksum_calculation="when_required",
