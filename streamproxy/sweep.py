@@ -14,6 +14,7 @@ from typing import TextIO
 
 from .config import Settings
 from .errors import StorageError
+from .sinks.s3.admin import LIFECYCLE_RULE, UNLISTED_UPLOADS
 from .wiring import build_sink
 
 __all__ = ["format_age", "run_sweep"]
@@ -43,7 +44,7 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     older_than = settings.older_than
     dry = " (dry run: nothing is removed)" if settings.dry_run else ""
     print(f"streamproxy sweep: {settings.storage}, leftovers older than {format_age(older_than)}{dry}", file=out)
-    sink = build_sink(settings)
+    sink = build_sink(settings, probe=False)  # sweeping needs no capability probe (and writes nothing)
     try:
         await sink.start()
         items = await sink.sweep(older_than, dry_run=settings.dry_run)
@@ -52,6 +53,14 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
         return 1
     finally:
         await sink.close()
+    for item in [i for i in items if i.kind == UNLISTED_UPLOADS]:
+        print(
+            f"note          this store cannot list incomplete multipart uploads ({item.error}), so sweep cannot "
+            f"abort them: add the bucket lifecycle rule {LIFECYCLE_RULE} (AbortIncompleteMultipartUpload), "
+            "or rely on the store's own cleanup",
+            file=out,
+        )
+    items = [i for i in items if i.kind != UNLISTED_UPLOADS]
     failed = 0
     for item in items:
         if item.error:

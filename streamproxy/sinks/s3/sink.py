@@ -5,23 +5,43 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import structlog
+
+from ...errors import ConfigError
 from .. import SweepItem
 from .admin import S3Admin
-from .client import ClientFactory, S3Client, aiobotocore_client
+from .capabilities import Capabilities
+from .client import ClientFactory, S3Client, aiobotocore_client, map_error
 from .options import S3Options
+from .pin import load_pin
+from .probe import ProbeError, ProbeReport, log_fields
+from .probe import probe as probe_capabilities
 from .writer import S3Writer
 
 __all__ = ["S3Sink"]
+
+log = structlog.get_logger("streamproxy.s3")
 
 
 class S3Sink:
     """Store recordings in one bucket under one prefix; ``admin`` holds what ``check`` and ``sweep`` use."""
 
-    def __init__(self, options: S3Options, *, client_factory: ClientFactory = aiobotocore_client) -> None:
+    def __init__(
+        self,
+        options: S3Options,
+        *,
+        client_factory: ClientFactory = aiobotocore_client,
+        capabilities: Capabilities | None = None,
+        probe: bool = True,
+    ) -> None:
         self.options = options
         self.description = f"s3://{options.bucket}/{options.prefix}"
         self.client = S3Client(options, client_factory)
         self.admin = S3Admin(self.client)
+        # Given (tests), pinned (--s3-capabilities aws|FILE) or probed in start(); the writer adapts to it.
+        self.capabilities = capabilities
+        self.probe_report: ProbeReport | None = None  # the evidence, when start() probed
+        self._probe = probe  # False: a tool that needs no capabilities (sweep) writes no probe objects
 
     @property
     def observe(self) -> Callable[[str, float, int], None]:
@@ -33,8 +53,43 @@ class S3Sink:
         self.client.observe = hook
 
     async def start(self) -> None:
-        """Create the client; its connection pool is sized for every part the budget can hold."""
+        """Create the client, then learn what the store supports (probe, unless given or pinned).
+
+        Raises ``StorageError`` when the store cannot be probed at all (unreachable, no bucket, no
+        write right) and ``ConfigError`` when ``--checksum`` names a mode this store refuses: either
+        way ``serve`` would fail every upload, so it stops at start with the reason instead.
+        """
         await self.client.start()
+        try:
+            await self._learn_capabilities()
+        except BaseException:
+            await self.client.close()
+            raise
+
+    async def _learn_capabilities(self) -> None:
+        if self.capabilities is None:
+            self.capabilities = load_pin(self.options.s3_capabilities)
+        if self.capabilities is None:
+            if not self._probe:
+                return
+            try:
+                self.probe_report = await probe_capabilities(self.client.raw, self.options.bucket, self.options.prefix)
+            except ProbeError as exc:
+                raise map_error(f"capability probe ({exc.step})", exc.error) from exc
+            self.capabilities = self.probe_report.capabilities
+        self.admin.capabilities = self.capabilities
+        caps = self.capabilities
+        log.info(
+            "storage_capabilities",
+            storage=self.description,
+            **log_fields(caps),
+            leftovers=self.probe_report.leftovers if self.probe_report else [],
+        )
+        mode = self.options.checksum
+        if mode not in ("none", "auto") and mode not in caps.accepted_checksums | caps.checksums:
+            evidence = self.probe_report.evidence.get(f"checksum_{mode}", "") if self.probe_report else "pinned"
+            usable = ", ".join(sorted(caps.accepted_checksums | caps.checksums)) or "none"
+            raise ConfigError(f"--checksum {mode}: {self.description} does not take it ({evidence}); use {usable}")
 
     async def close(self) -> None:
         """Close the client and its connections."""
