@@ -122,7 +122,11 @@ def file_crcs(path: Path, sizes: list[int]) -> list[int]:
 
 
 def byte_exact(path: Path, record: dict[str, object] | None) -> bool:
-    """Whether the stand-in's record of an object matches ``path`` byte for byte (size and per-part crc32)."""
+    """Whether the stand-in's record of an object matches ``path`` byte for byte (size and per-part crc32).
+
+    A full-object CRC64NVME the upload sent (``--checksum crc64nvme``, what ``auto`` sends on AWS)
+    must also be the file's: the stand-in records it without checking it, so it is checked here.
+    """
     if not record:
         return False
     parts = record["parts"]
@@ -130,7 +134,24 @@ def byte_exact(path: Path, record: dict[str, object] | None) -> bool:
     sizes = [int(p[0]) for p in parts]
     if sum(sizes) != path.stat().st_size:
         return False
+    checksum = record.get("checksum")
+    full_crc = isinstance(checksum, dict) and checksum.get("algorithm") == "crc64nvme"
+    if full_crc and isinstance(checksum, dict) and checksum.get("value") != file_crc64nvme(path):
+        return False
     return file_crcs(path, sizes) == [int(p[1]) for p in parts]
+
+
+def file_crc64nvme(path: Path) -> str:
+    """The base64 CRC64NVME of a file, read in 8 MiB blocks."""
+    import base64
+
+    from awscrt import checksums
+
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(8 * MIB):
+            crc = checksums.crc64nvme(block, crc)
+    return base64.b64encode(crc.to_bytes(8, "big")).decode()
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:

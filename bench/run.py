@@ -26,8 +26,9 @@ from .measure import MIB, TmpWatch, byte_exact, cpu_seconds, status_kib, wait_cp
 GIB = 1024 * MIB
 BUCKET = "bench"
 CONTENDERS = ("streamproxy", "direct", "rclone", "naive")
-# Not in the default set: streamproxy with --checksum crc32 (what the MD5 default costs).
-EXTRA_CONTENDERS = ("streamproxy_crc32",)
+# Not in the default set: streamproxy with one --checksum each, for what integrity costs.
+# "crc64nvme" is what the default --checksum auto sends on AWS (a full-object CRC64NVME).
+EXTRA_CONTENDERS = ("streamproxy_crc32", "streamproxy_crc64nvme", "streamproxy_md5", "streamproxy_none")
 PY = sys.executable
 
 
@@ -134,10 +135,22 @@ class Bench:
         port = free_port()
         return self.through_server("streamproxy", self.streamproxy_argv(port), port, file)
 
-    def streamproxy_crc32(self, file: Path) -> Run:
+    def with_checksum(self, mode: str, file: Path) -> Run:
         port = free_port()
-        argv = self.streamproxy_argv(port, "--checksum", "crc32")
-        return self.through_server("streamproxy_crc32", argv, port, file)
+        argv = self.streamproxy_argv(port, "--checksum", mode)
+        return self.through_server(f"streamproxy_{mode}", argv, port, file)
+
+    def streamproxy_crc32(self, file: Path) -> Run:
+        return self.with_checksum("crc32", file)
+
+    def streamproxy_crc64nvme(self, file: Path) -> Run:
+        return self.with_checksum("crc64nvme", file)
+
+    def streamproxy_md5(self, file: Path) -> Run:
+        return self.with_checksum("md5", file)
+
+    def streamproxy_none(self, file: Path) -> Run:
+        return self.with_checksum("none", file)
 
     def naive(self, file: Path) -> Run:
         port = free_port()
