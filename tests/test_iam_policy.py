@@ -51,8 +51,9 @@ def _granted() -> dict[str, list[str]]:
     for statement in POLICY["Statement"]:
         assert statement["Effect"] == "Allow"
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         for action in actions:
-            grants.setdefault(action, []).append(statement["Resource"])
+            grants.setdefault(action, []).extend(resources)
     return grants
 
 
@@ -82,7 +83,10 @@ def test_policy_is_least_privilege() -> None:
         "s3:ListBucket",
         "s3:ListBucketMultipartUploads",
     }
-    assert granted["s3:DeleteObject"] == ["arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-staging/*"]
+    assert granted["s3:DeleteObject"] == [
+        "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-staging/*",
+        "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-probe/*",
+    ]
     for action in ("s3:PutObject", "s3:GetObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"):
         assert granted[action] == ["arn:aws:s3:::RECORDINGS-BUCKET/calls/*"]
     assert not any("*" in action for action in granted)

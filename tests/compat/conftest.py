@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from streamproxy.config import MIB, Settings, StorageURI
-from tests.compat.stores import BUCKET, STORES, Store
+from streamproxy.sinks.s3.pin import capabilities_to_json
+from tests.compat.stores import BUCKET, MEASURED, STORES, Store
 
 PART = 5 * MIB
 
@@ -24,19 +27,25 @@ class Area:
     store: Store
     prefix: str
     s3: Any
+    pin: str  # a JSON file of the store's measured capabilities (--s3-capabilities)
     bucket: str = BUCKET
-    extra_prefixes: list[str] = field(default_factory=list)
 
     @property
     def storage(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def settings(self, **overrides: Any) -> Settings:
+    def settings(self, *, probe: bool = False, **overrides: Any) -> Settings:
+        """Settings for this area; the store's capabilities pinned, or probed at start with ``probe``.
+
+        Pinning keeps the suite fast (a probe costs 1-4 s per start); the pin is the measured matrix,
+        which ``test_probe_finds_the_documented_capabilities`` holds equal to what the probe finds.
+        """
         values: dict[str, Any] = dict(
             storage=StorageURI.parse(self.storage),
             s3_endpoint_url=self.store.endpoint,
             part_size=PART,
             max_buffer_bytes=8 * PART,
+            s3_capabilities="probe" if probe else self.pin,
         )
         values.update(overrides)
         return Settings(**values)
@@ -84,13 +93,17 @@ def _store(request: pytest.FixtureRequest, name: str) -> Store:
 
 
 @pytest.fixture(params=list(STORES))
-def area(request: pytest.FixtureRequest, no_real_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Area]:
+def area(
+    request: pytest.FixtureRequest, no_real_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Area]:
     """A fresh prefix on one store; streamproxy in this process gets that store's credentials."""
     store = _store(request, request.param)
     for name, value in store.env().items():
         monkeypatch.setenv(name, value)
     s3 = store.client()
-    area = Area(store, f"compat/{uuid.uuid4().hex[:12]}/", s3)
+    pin = tmp_path / f"{store.name}-capabilities.json"
+    pin.write_text(json.dumps(capabilities_to_json(MEASURED[store.name])))
+    area = Area(store, f"compat/{uuid.uuid4().hex[:12]}/", s3, str(pin))
     yield area
     try:
         area.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 
 from streamproxy.config import MIB
+from streamproxy.errors import ConfigError
+from streamproxy.sinks.s3.probe import capability_rows
 from tests.compat.conftest import PART, Area
 from tests.compat.stores import MEASURED
 from tests.conftest import payload, sha256
@@ -54,8 +57,8 @@ async def test_single_put(client_for, area: Area) -> None:
 
 
 async def test_multipart(client_for, area: Area) -> None:
-    """A 12 MiB recording (three parts) is stored byte-exact."""
-    client = await client_for(area.settings())
+    """A 12 MiB recording (three parts) is stored byte-exact, by a server that probed the store at start."""
+    client = await client_for(area.settings(probe=True))
     answer = await _store_one(client, "call-2", MULTI)
     _assert_stored(area, f"{area.prefix}call-2.wav", MULTI, answer)
     assert area.uploads() in ([], None)
@@ -143,12 +146,12 @@ async def test_client_disconnect_leaves_nothing(client_for, area: Area, shape: s
     assert ok["key"] == f"{area.prefix}after.wav"
 
 
-@pytest.mark.parametrize("mode", ["md5", "crc32", "crc32c", "crc64nvme", "sha256", "none"])
+@pytest.mark.parametrize("mode", ["md5", "crc32", "crc32c", "crc64nvme", "sha256", "none", "auto"])
 async def test_checksum_modes(client_for, area: Area, mode: str) -> None:
     """Each `--checksum` the store accepts stores byte-exact on both paths; one it lacks is refused at start."""
     settings = area.settings(checksum=mode)
-    if mode != "none" and mode not in MEASURED[area.store.name].accepted_checksums:
-        with pytest.raises(Exception, match="--checksum") as refused:
+    if mode not in ("none", "auto") and mode not in MEASURED[area.store.name].accepted_checksums:
+        with pytest.raises(ConfigError, match=f"--checksum {mode}: .* does not take it") as refused:
             await client_for(settings)
         assert area.objects() == {}, refused.value
         return
@@ -183,8 +186,8 @@ async def test_manifest(client_for, area: Area) -> None:
 
 
 async def test_readyz(client_for, area: Area) -> None:
-    """/readyz is 200 on every store (it must use a call the store has)."""
-    client = await client_for(area.settings())
+    """/readyz is 200 on every store (it must use a call the store has), after a probe at start."""
+    client = await client_for(area.settings(probe=True))
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
 
@@ -201,13 +204,35 @@ def _cli(area: Area, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_check_with_write_probe(area: Area) -> None:
-    """`check --write-probe` at default flags: a verdict of OK (serve works there), and nothing left behind."""
+PROTECTION = {"moto": "store-enforced", "ceph": "best-effort", "swift": "store-enforced", "s3rver": "best-effort"}
+
+
+def test_check_tells_the_truth(area: Area) -> None:
+    """`check --write-probe` at default flags: the measured table, the duplicate protection, a verdict of OK."""
     result = _cli(area, "check", "--write-probe")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().splitlines()[-1].startswith("verdict: OK"), result.stdout
+    out = result.stdout
+    assert out.strip().splitlines()[-1].startswith("verdict: OK"), out
+    expected = MEASURED[area.store.name]
+    for feature, state, _ in capability_rows(expected):
+        assert re.search(rf"^\s+{re.escape(feature)}\s+{state}\b", out, re.M), (feature, state, out)
+    assert f"duplicate protection: {PROTECTION[area.store.name]}" in out
     assert area.objects() == {}
-    assert area.uploads() in ([], None)
+    if expected.abort_multipart:
+        assert area.uploads() == []
+
+
+def test_check_refuses_a_checksum_the_store_does_not_take(area: Area) -> None:
+    """`check --checksum crc32` fails where serve would refuse to start, and names the reason."""
+    result = _cli(area, "check", "--checksum", "crc32")
+    if "crc32" in MEASURED[area.store.name].accepted_checksums:
+        assert result.returncode == 0, result.stdout
+        verified = "crc32" in MEASURED[area.store.name].checksums
+        assert ("verified by the store" in result.stdout) is verified, result.stdout
+        assert ("accepted but NOT verified" in result.stdout) is not verified, result.stdout
+    else:
+        assert result.returncode == 1, result.stdout
+        assert "FAIL  checksum: --checksum crc32:" in result.stdout
 
 
 def test_sweep_removes_old_leftovers(area: Area) -> None:

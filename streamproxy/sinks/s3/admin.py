@@ -22,6 +22,13 @@ LIFECYCLE_RULE = "deploy/s3-lifecycle.json"
 _MISSING = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
 
 
+def _missing(exc: ClientError) -> bool:
+    """Whether the store answered that it does not have this operation at all."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code in _MISSING or status in _MISSING
+
+
 class S3Admin:
     """Administrative calls on the sink's bucket and prefix, through the sink's client."""
 
@@ -39,24 +46,30 @@ class S3Admin:
         """Whether this store can list incomplete multipart uploads (assumed until probed)."""
         return self.capabilities is None or self.capabilities.list_multipart_uploads
 
-    async def probe(self) -> None:
+    async def probe(self) -> str:
         """List at most one incomplete multipart upload under the prefix: proves endpoint, credentials and bucket.
 
         ``ListMultipartUploads`` needs ``s3:ListBucketMultipartUploads``, which sweeping needs anyway;
         ``HeadBucket`` would need ``s3:ListBucket``, a right the proxy otherwise has no use for. On a
         store without ListMultipartUploads (s3rver) ``HeadBucket`` is used instead: readiness must
         ask a question the store can answer. The client is called directly: a probe is neither an
-        upload's call (metrics) nor worth a log line.
+        upload's call (metrics) nor worth a log line. Returns the operation that answered.
         """
         if not self.lists_uploads:
             await self.head_bucket()
-            return
+            return "HeadBucket"
         try:
             await self._client.list_multipart_uploads(
                 Bucket=self.options.bucket, Prefix=self.options.prefix, MaxUploads=1
             )
+        except ClientError as exc:
+            if not _missing(exc):
+                raise map_error("ListMultipartUploads", exc) from exc
+            await self.head_bucket()  # not probed yet, and the store has no such call: ask what it can answer
+            return "HeadBucket"
         except Exception as exc:
             raise map_error("ListMultipartUploads", exc) from exc
+        return "ListMultipartUploads"
 
     async def head_bucket(self) -> None:
         """Ask whether the bucket exists and answers these credentials (needs ``s3:ListBucket``)."""
@@ -103,11 +116,12 @@ class S3Admin:
                     SweepItem(UNLISTED_UPLOADS, prefix, 0.0, "the capability probe found no ListMultipartUploads")
                 )
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code not in _MISSING and status not in _MISSING:
+            if not _missing(exc):
                 raise map_error("ListMultipartUploads", exc) from exc
-            found.append(SweepItem(UNLISTED_UPLOADS, prefix, 0.0, f"ListMultipartUploads answered {code or status}"))
+            code = exc.response.get("Error", {}).get("Code") or exc.response.get("ResponseMetadata", {}).get(
+                "HTTPStatusCode"
+            )
+            found.append(SweepItem(UNLISTED_UPLOADS, prefix, 0.0, f"ListMultipartUploads answered {code}"))
         except Exception as exc:
             raise map_error("ListMultipartUploads", exc) from exc
         for upload in uploads:

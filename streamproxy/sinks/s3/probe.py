@@ -117,12 +117,14 @@ class _Probe:
         return self.base + name
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        method: Callable[..., Awaitable[dict[str, Any]]] = getattr(self.client, operation)
+        """Call ``operation`` (its S3 name, as in the IAM policy) on the bucket; errors stay botocore's."""
+        snake = "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
+        method: Callable[..., Awaitable[dict[str, Any]]] = getattr(self.client, snake)
         return await method(Bucket=self.bucket, **kwargs)
 
     async def put(self, name: str, **kwargs: Any) -> dict[str, Any]:
         key = self.key(name)
-        answer = await self.call("put_object", Key=key, Body=_BODY, **kwargs)
+        answer = await self.call("PutObject", Key=key, Body=_BODY, **kwargs)
         self.objects.add(key)
         return answer
 
@@ -144,22 +146,22 @@ class _Probe:
         again, correctly, which replaces it).
         """
         key = self.key(name)
-        upload_id = (await self.call("create_multipart_upload", Key=key, **(create or {})))["UploadId"]
+        upload_id = (await self.call("CreateMultipartUpload", Key=key, **(create or {})))["UploadId"]
         self.uploads[upload_id] = key
         if wrong is not None and name.startswith("checksum-"):
             mode = name.removeprefix("checksum-")
             try:
-                await self.call("upload_part", Key=key, UploadId=upload_id, PartNumber=1, Body=_BODY, **wrong)
+                await self.call("UploadPart", Key=key, UploadId=upload_id, PartNumber=1, Body=_BODY, **wrong)
             except ClientError:
                 self.verified.add(mode)
         if copy_from is None:
             answer = await self.call(
-                "upload_part", Key=key, UploadId=upload_id, PartNumber=1, Body=_BODY, **(part or {})
+                "UploadPart", Key=key, UploadId=upload_id, PartNumber=1, Body=_BODY, **(part or {})
             )
             etag = answer["ETag"]
         else:
             answer = await self.call(
-                "upload_part_copy",
+                "UploadPartCopy",
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=1,
@@ -167,7 +169,7 @@ class _Probe:
             )
             etag = answer["CopyPartResult"]["ETag"]
         result = await self.call(
-            "complete_multipart_upload",
+            "CompleteMultipartUpload",
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag, **(entry or {})}]},
@@ -181,7 +183,7 @@ class _Probe:
 
     async def head_bucket(self) -> bool:
         try:
-            await self.call("head_bucket")
+            await self.call("HeadBucket")
         except ClientError as exc:
             self.evidence["head_bucket"] = f"refused: {_describe(exc)}"
             return False
@@ -258,7 +260,7 @@ class _Probe:
     async def tagging(self) -> bool:
         try:
             await self.call(
-                "put_object_tagging",
+                "PutObjectTagging",
                 Key=self.key("existing"),
                 Tagging={"TagSet": [{"Key": "streamproxy-probe", "Value": "1"}]},
             )
@@ -279,7 +281,7 @@ class _Probe:
 
     async def uploads_listing_and_abort(self) -> tuple[bool, bool]:
         key = self.key("aborted")
-        upload_id = (await self.call("create_multipart_upload", Key=key))["UploadId"]
+        upload_id = (await self.call("CreateMultipartUpload", Key=key))["UploadId"]
         self.uploads[upload_id] = key
         listed = await self._listed(upload_id)
         if listed is None:
@@ -289,7 +291,7 @@ class _Probe:
             if not listed:
                 self.evidence["list_multipart_uploads"] = "answers, but without an upload in progress"
         try:
-            await self.call("abort_multipart_upload", Key=key, UploadId=upload_id)
+            await self.call("AbortMultipartUpload", Key=key, UploadId=upload_id)
         except ClientError as exc:
             self.evidence["abort_multipart"] = f"refused: {_describe(exc)}"
             self.abort_works = False
@@ -302,7 +304,7 @@ class _Probe:
 
     async def _listed(self, upload_id: str) -> bool | None:
         try:
-            answer = await self.call("list_multipart_uploads", Prefix=self.base)
+            answer = await self.call("ListMultipartUploads", Prefix=self.base)
         except ClientError as exc:
             self.evidence["list_multipart_uploads"] = f"refused: {_describe(exc)}"
             return None
@@ -315,7 +317,7 @@ class _Probe:
         if listing:
             return not await self._listed(upload_id)
         try:
-            await self.call("upload_part", Key=key, UploadId=upload_id, PartNumber=1, Body=_BODY)
+            await self.call("UploadPart", Key=key, UploadId=upload_id, PartNumber=1, Body=_BODY)
         except ClientError as exc:
             return _code(exc) == "NoSuchUpload"
         return False
@@ -324,12 +326,12 @@ class _Probe:
         left: list[str] = []
         for upload_id, key in list(self.uploads.items()):
             try:
-                await self.call("abort_multipart_upload", Key=key, UploadId=upload_id)
+                await self.call("AbortMultipartUpload", Key=key, UploadId=upload_id)
             except ClientError:
                 left.append(f"incomplete upload {key} ({upload_id})")
         for key in sorted(self.objects):
             try:
-                await self.call("delete_object", Key=key)
+                await self.call("DeleteObject", Key=key)
             except ClientError:
                 left.append(key)
         return left

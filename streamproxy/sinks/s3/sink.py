@@ -61,16 +61,17 @@ class S3Sink:
         """
         await self.client.start()
         try:
-            await self._learn_capabilities()
+            await self.learn_capabilities(probe=self._probe)
         except BaseException:
             await self.client.close()
             raise
 
-    async def _learn_capabilities(self) -> None:
+    async def learn_capabilities(self, *, probe: bool = True) -> None:
+        """Take the given or pinned capabilities, or probe the store (``probe``); see ``start`` for errors."""
         if self.capabilities is None:
             self.capabilities = load_pin(self.options.s3_capabilities)
         if self.capabilities is None:
-            if not self._probe:
+            if not probe:
                 return
             try:
                 self.probe_report = await probe_capabilities(self.client.raw, self.options.bucket, self.options.prefix)
