@@ -176,10 +176,10 @@ async def _capabilities(sink: S3Sink, settings: Settings, report: _Report) -> bo
     except StorageError as exc:
         report.fail("capabilities", exc)
         return False
-    except ConfigError as exc:  # --checksum names a mode this store does not take: serve would stop
+    except ConfigError as exc:  # --checksum or --require-conditional-writes cannot be met: serve would stop
         refused = exc
-    caps = sink.capabilities
-    assert caps is not None  # learn_capabilities either sets them or raises StorageError
+    caps = sink.learned
+    assert caps is not None  # learn_capabilities either learns them or raises StorageError
     probe_report = sink.probe_report
     if probe_report is not None:
         report.wrote = True
@@ -200,10 +200,16 @@ async def _capabilities(sink: S3Sink, settings: Settings, report: _Report) -> bo
         "none": "none (--overwrite: a later upload replaces the recording)",
     }[plan.protection]
     report.line(f"duplicate protection: {protection}")
-    if refused is not None:
+    if refused is not None and str(refused).startswith("--require-conditional-writes"):
+        report.fail("duplicate protection", str(refused))
+    elif refused is not None:
         report.fail("checksum", str(refused))
     else:
-        mode = resolve_checksum(settings.checksum, caps, settings.endpoint_url)
+        mode = (
+            sink.strategy.checksum
+            if sink.capabilities is None
+            else resolve_checksum(settings.checksum, caps, settings.endpoint_url)
+        )
         chosen = f"--checksum {settings.checksum}" + (f" ({mode})" if mode != settings.checksum else "")
         if mode == "none":
             report.warn(f"checksum: {chosen}: parts go without an integrity check the store verifies")

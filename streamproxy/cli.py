@@ -164,7 +164,19 @@ def _storage_options(options: _Options) -> None:
     options.add("--max-upload-bytes", parse_size, DEFAULT_MAX_UPLOAD_BYTES, "largest recording accepted")
     options.add("--key-template", str, DEFAULT_KEY_TEMPLATE, "object key below the prefix")
     options.add("--overwrite", _flag_bool, False, "replace an existing object instead of answering 409")
-    options.add("--checksum", str, DEFAULT_CHECKSUM, "part checksum sent to S3: md5, crc32, sha256 or none")
+    options.add(
+        "--checksum",
+        str,
+        DEFAULT_CHECKSUM,
+        "integrity value S3 verifies: auto (full-object CRC64NVME on AWS, else the strongest the store verifies), "
+        "md5, crc32, crc32c, crc64nvme, sha256 or none",
+    )
+    options.add(
+        "--require-conditional-writes",
+        _flag_bool,
+        False,
+        "refuse to start unless the store itself refuses to replace an existing recording",
+    )
     options.add("--sse", str, None, "server-side encryption: AES256 or aws:kms")
     options.add("--sse-kms-key-id", str, None, "KMS key for --sse aws:kms (default: the account's aws/s3 key)")
     options.add("--storage-class", str, None, "S3 storage class of recordings (default: the bucket's)")

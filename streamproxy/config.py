@@ -45,8 +45,9 @@ DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_MAX_CONCURRENT_UPLOADS = 64
 DEFAULT_KEY_TEMPLATE = "{filename}.wav"
 DEFAULT_FILE_FIELD = "recording"
-DEFAULT_CHECKSUM = "md5"
-CHECKSUMS = ("md5", "crc32", "sha256", "none")
+DEFAULT_CHECKSUM = "auto"
+# "auto": full-object CRC64NVME on AWS, elsewhere the strongest mode the store verifies (sinks/s3/adapt.py).
+CHECKSUMS = ("auto", "md5", "crc32", "crc32c", "crc64nvme", "sha256", "none")
 DEFAULT_S3_MAX_ATTEMPTS = 5
 DEFAULT_S3_TIMEOUT = 60.0
 DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
@@ -189,6 +190,7 @@ class Settings:
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
     key_template: str = DEFAULT_KEY_TEMPLATE
     overwrite: bool = False
+    require_conditional_writes: bool = False  # refuse to start where duplicates are refused only best-effort
     file_field: str = DEFAULT_FILE_FIELD
     checksum: str = DEFAULT_CHECKSUM
     accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
@@ -258,6 +260,8 @@ class Settings:
             raise ConfigError(f"--file-field {self.file_field!r}: use letters, digits, '_', '.', '-'")
         if self.checksum not in CHECKSUMS:
             raise ConfigError(f"--checksum {self.checksum!r}: choose one of {', '.join(CHECKSUMS)}")
+        if self.require_conditional_writes and self.overwrite:
+            raise ConfigError("--require-conditional-writes protects existing recordings, --overwrite replaces them")
         for media in self.accept_types:
             if not re.fullmatch(r"[a-z0-9.+\-]+/(\*|[a-z0-9.+\-]+)", media):
                 raise ConfigError(f"--accept-types {media!r}: write a media type like audio/* or audio/wav")

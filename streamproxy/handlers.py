@@ -279,6 +279,7 @@ async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> w
         "size": upload.received.size,
         "sha256": upload.received.sha256,
         "audio": upload.received.audio,
+        "checksum": upload.stored.checksum.as_json() if upload.stored.checksum is not None else None,
     }
     if upload.stored.bucket is not None:
         body["bucket"] = upload.stored.bucket

@@ -57,6 +57,7 @@ def build_manifest(
         "storage": storage,
         "size": upload.received.size,
         "sha256": upload.received.sha256,
+        "checksum": upload.stored.checksum.as_json() if upload.stored.checksum is not None else None,
         "content_type": upload.content_type,
         "part_size": part_size,
         "parts": upload.stored.parts,

@@ -37,6 +37,11 @@ class PartBuffer:
         self.length = 0
 
     @property
+    def pool(self) -> BufferPool:
+        """The budget this buffer belongs to (a writer that must read bytes back takes its parts from it)."""
+        return self._pool
+
+    @property
     def view(self) -> memoryview:
         """The filled bytes, without copying."""
         return memoryview(self.data)[: self.length]

@@ -1,8 +1,10 @@
-"""Request builders shared by the HTTP tests."""
+"""Request builders shared by the HTTP tests, and the answers they expect."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -71,3 +73,13 @@ async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.05)
+
+
+def md5_checksum(data: bytes, part_size: int) -> dict[str, str]:
+    """The answer's ``checksum`` for Content-MD5 parts: the object's MD5, or the MD5 of the parts' MD5s and -N."""
+    pieces = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    if len(pieces) == 1:
+        value = base64.b64encode(hashlib.md5(data).digest()).decode()
+        return {"algorithm": "md5", "type": "FULL_OBJECT", "value": value}
+    joined = base64.b64encode(hashlib.md5(b"".join(hashlib.md5(p).digest() for p in pieces)).digest()).decode()
+    return {"algorithm": "md5", "type": "COMPOSITE", "value": f"{joined}-{len(pieces)}"}

@@ -11,7 +11,7 @@ import pytest
 
 from streamproxy.handlers import INGEST
 from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import form
+from tests.helpers import form, md5_checksum
 from tests.test_storage_options import KMS_KEY
 from tests.test_wav import wave_file
 from tests.test_wav_http import big_wav
@@ -61,7 +61,9 @@ async def test_manifest_matches_the_upload(client_for, moto_endpoint, bucket, s3
         "fields": {"caller": "+49 30 123", "filename": "call-5", "agent": "Zoë", "note": "after the file"},
         "client": {"address": "127.0.0.1", "user_agent": "FuseREST/2.1"},
         "request_id": "req-42",
+        "checksum": body["checksum"],
     }
+    assert body["checksum"] == md5_checksum(data, PART)  # --checksum auto on a store never probed: MD5
     assert manifest["audio"]["format"] == ("pcm" if size < PART else "mulaw")
     assert set(objects(s3, bucket)) == {"rec/call-5.wav", "rec/call-5.wav.json"}
 

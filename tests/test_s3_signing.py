@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -16,9 +17,12 @@ DATA = bytes(range(256)) * 4096
 
 
 def _signed(
-    auth_class: type, body: PartBody, url: str = "http://127.0.0.1:9000/b/k?partNumber=1&uploadId=u"
+    auth_class: type,
+    body: PartBody,
+    url: str = "http://127.0.0.1:9000/b/k?partNumber=1&uploadId=u",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    request = AWSRequest(method="PUT", url=url, data=body, headers={"Content-MD5": "x"})
+    request = AWSRequest(method="PUT", url=url, data=body, headers={"Content-MD5": "x"} if headers is None else headers)
     request.context["timestamp"] = "20260101T000000Z"
     request.context["client_config"] = Config(s3={})
     request.context["has_streaming_input"] = True  # as botocore marks UploadPart and PutObject bodies
@@ -50,8 +54,28 @@ def test_https_with_content_md5_stays_unsigned_payload() -> None:
     assert ours["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
 
 
+@pytest.mark.parametrize("header", ["x-amz-checksum-crc64nvme", "x-amz-checksum-crc32c", "x-amz-checksum-sha256"])
+def test_https_with_an_explicit_checksum_header_stays_unsigned_payload(header: str) -> None:
+    """Like Content-MD5: a CRC the store verifies, over TLS, needs no sha256 of the body (--checksum auto on AWS)."""
+    url = "https://s3.amazonaws.com/b/k?partNumber=1&uploadId=u"
+    ours = _signed(PrehashedS3SigV4Auth, PartBody(memoryview(DATA)), url=url, headers={header: "AAAAAAAAAAA="})
+    assert ours["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+
+
+def test_https_without_any_checksum_signs_the_body() -> None:
+    url = "https://s3.amazonaws.com/b/k?partNumber=1&uploadId=u"
+    ours = _signed(PrehashedS3SigV4Auth, PartBody(memoryview(DATA)), url=url, headers={"x-amz-checksum-type": "x"})
+    assert ours["X-Amz-Content-SHA256"] == hashlib.sha256(DATA).hexdigest()
+
+
+def test_plain_http_with_a_checksum_header_still_signs_the_body() -> None:
+    ours = _signed(PrehashedS3SigV4Auth, PartBody(memoryview(DATA)), headers={"x-amz-checksum-crc64nvme": "A"})
+    assert ours["X-Amz-Content-SHA256"] == hashlib.sha256(DATA).hexdigest()
+
+
 def test_part_digests_hash_only_when_the_signer_needs_it() -> None:
-    checksum, digest = part_digests("md5", memoryview(DATA), True)
+    raw, digest = part_digests("md5", memoryview(DATA), True)
     assert digest == hashlib.sha256(DATA).hexdigest()
-    assert set(checksum) == {"ContentMD5"}
+    assert raw == hashlib.md5(DATA).digest()
     assert part_digests("md5", memoryview(DATA), False)[1] is None
+    assert part_digests("none", memoryview(DATA), False) == (None, None)

@@ -8,135 +8,30 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from streamproxy.errors import KeyExists, StorageFailed
 from streamproxy.parts import BufferPool
 from streamproxy.sinks.s3 import STAGING_DIR, S3Options, S3Sink
 from tests.conftest import s3_settings
+from tests.fake_s3 import FakeS3
+from tests.fake_s3 import error as _error
+from tests.fake_s3 import write_recording as _write
 
 PART = 5 * 1024 * 1024
-
-
-def _error(code: str, status: int, operation: str) -> ClientError:
-    return ClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
-    )
-
-
-class FakeS3:
-    """Just enough of the S3 client API for the writer: objects and multipart uploads in dicts."""
-
-    def __init__(self) -> None:
-        self.meta = SimpleNamespace(region_name="us-east-1")
-        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
-        self.uploads: dict[str, dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.fail: dict[str, ClientError] = {}  # operation -> error to raise once
-        self.lose_answer: set[str] = set()  # operations that take effect, then fail with 412 once
-
-    def _enter(self, operation: str) -> None:
-        self.calls.append(operation)
-        if operation in self.fail:
-            raise self.fail.pop(operation)
-
-    def _store(self, operation: str, key: str, data: bytes, metadata: dict[str, str], if_none_match: Any) -> None:
-        if if_none_match == "*" and key in self.objects:
-            raise _error("PreconditionFailed", 412, operation)
-        self.objects[key] = (data, metadata)
-        if operation in self.lose_answer:
-            self.lose_answer.discard(operation)
-            raise _error("PreconditionFailed", 412, operation)
-
-    async def put_object(
-        self, *, Key: str, Body: Any, Metadata: dict[str, str], IfNoneMatch: Any = None, **_: Any
-    ) -> dict[str, Any]:
-        self._enter("PutObject")
-        self._store("PutObject", Key, bytes(Body.view), Metadata, IfNoneMatch)
-        return {"ETag": '"x"'}
-
-    async def create_multipart_upload(self, *, Key: str, Metadata: dict[str, str], **_: Any) -> dict[str, Any]:
-        self._enter("CreateMultipartUpload")
-        upload_id = f"u{len(self.uploads)}"
-        self.uploads[upload_id] = {"key": Key, "metadata": Metadata, "parts": {}}
-        return {"UploadId": upload_id}
-
-    async def upload_part(self, *, UploadId: str, PartNumber: int, Body: Any, **_: Any) -> dict[str, Any]:
-        self._enter("UploadPart")
-        self.uploads[UploadId]["parts"][PartNumber] = bytes(Body.view)
-        return {"ETag": f'"{PartNumber}"'}
-
-    async def upload_part_copy(
-        self, *, UploadId: str, PartNumber: int, CopySource: dict[str, str], CopySourceRange: str, **_: Any
-    ) -> dict[str, Any]:
-        self._enter("UploadPartCopy")
-        first, last = (int(n) for n in CopySourceRange.removeprefix("bytes=").split("-"))
-        self.uploads[UploadId]["parts"][PartNumber] = self.objects[CopySource["Key"]][0][first : last + 1]
-        return {"CopyPartResult": {"ETag": f'"{PartNumber}"'}}
-
-    async def complete_multipart_upload(
-        self, *, UploadId: str, MultipartUpload: dict[str, Any], IfNoneMatch: Any = None, **_: Any
-    ) -> dict[str, Any]:
-        self._enter("CompleteMultipartUpload")
-        upload = self.uploads.get(UploadId)
-        if upload is None:
-            raise _error("NoSuchUpload", 404, "CompleteMultipartUpload")
-        data = b"".join(upload["parts"][p["PartNumber"]] for p in MultipartUpload["Parts"])
-        del self.uploads[UploadId]
-        self._store("CompleteMultipartUpload", upload["key"], data, upload["metadata"], IfNoneMatch)
-        return {}
-
-    async def abort_multipart_upload(self, *, UploadId: str, **_: Any) -> dict[str, Any]:
-        self._enter("AbortMultipartUpload")
-        if self.uploads.pop(UploadId, None) is None:
-            raise _error("NoSuchUpload", 404, "AbortMultipartUpload")
-        return {}
-
-    async def head_object(self, *, Key: str, **_: Any) -> dict[str, Any]:
-        self._enter("HeadObject")
-        if Key not in self.objects:
-            raise _error("404", 404, "HeadObject")
-        return {"Metadata": self.objects[Key][1]}
-
-    async def delete_object(self, *, Key: str, **_: Any) -> dict[str, Any]:
-        self._enter("DeleteObject")
-        self.objects.pop(Key, None)
-        return {}
-
-    async def put_object_tagging(self, **_: Any) -> dict[str, Any]:
-        self._enter("PutObjectTagging")
-        return {}
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeS3, S3Sink, BufferPool]]:
     store = FakeS3()
-
-    @asynccontextmanager
-    async def factory(options: S3Options) -> AsyncIterator[FakeS3]:
-        yield store
-
     options = S3Options.from_settings(s3_settings("http://127.0.0.1:9", "calls", part_size=PART))
-    sink = S3Sink(options, client_factory=factory)
+    sink = S3Sink(options, client_factory=store.factory())
     await sink.start()
     pool = BufferPool(PART, 8 * PART)
     yield store, sink, pool
     await sink.close()
     assert pool.bytes_in_use == 0, "a part buffer was not given back"
-
-
-async def _write(pool: BufferPool, writer: Any, data: bytes) -> None:
-    chunks = [data[i : i + PART] for i in range(0, len(data), PART)] or [b""]
-    for number, chunk in enumerate(chunks, start=1):
-        part = await pool.acquire()
-        part.data[: len(chunk)] = chunk
-        part.length = len(chunk)
-        await writer.write(part, last=number == len(chunks))
 
 
 async def test_one_part_is_one_conditional_put(fake: tuple[FakeS3, S3Sink, BufferPool]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
+from ..checksums import Checksum
 from ..parts import PartBuffer
 
 __all__ = ["Sink", "Stored", "SweepItem", "Writer", "WriterBase"]
@@ -38,6 +39,7 @@ class Stored:
     version_id: str | None = None
     parts: int = 1
     extra: dict[str, str] = field(default_factory=dict)
+    checksum: Checksum | None = None  # the whole object's checksum the store verified (S3 only)
 
 
 @dataclass(frozen=True)

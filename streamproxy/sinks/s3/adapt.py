@@ -29,7 +29,18 @@ from urllib.parse import urlsplit
 
 from .capabilities import AUTO_ORDER, Capabilities
 
-__all__ = ["COPY_OBJECT_LIMIT", "SIDECAR_SUFFIX", "Strategy", "is_aws", "resolve_checksum", "strategy"]
+__all__ = [
+    "BEST_EFFORT",
+    "COPY_OBJECT_LIMIT",
+    "NO_PROTECTION",
+    "SIDECAR_SUFFIX",
+    "STORE_ENFORCED",
+    "Strategy",
+    "is_aws",
+    "protection_gaps",
+    "resolve_checksum",
+    "strategy",
+]
 
 COPY_OBJECT_LIMIT = 5 * 1024**3  # S3's limit for one CopyObject
 SIDECAR_SUFFIX = ".sha256"
@@ -93,6 +104,18 @@ class Strategy:
         if small and self.conditional_complete and self.part_copy:
             return STORE_ENFORCED
         return BEST_EFFORT
+
+
+def protection_gaps(capabilities: Capabilities) -> list[str]:
+    """Why a store cannot refuse duplicates itself on every path (empty: it can)."""
+    gaps = []
+    if not capabilities.conditional_complete:
+        gaps.append("CompleteMultipartUpload does not honour If-None-Match")
+        if not capabilities.conditional_put:
+            gaps.append("PutObject does not honour If-None-Match")
+    if not capabilities.upload_part_copy:
+        gaps.append("no UploadPartCopy, so a recording sent before its name is moved by an unguarded CopyObject")
+    return gaps
 
 
 def strategy(

@@ -1,36 +1,55 @@
-"""Part checksums (``--checksum``) and the payload digest the signer needs, computed in a worker thread.
+"""The S3 arguments of ``--checksum``: per-part values, the announcement, the full-object value.
 
-botocore >= 1.36 computes CRC checksums by default and sends them as aws-chunked trailers that
-several S3-compatible stores reject; the client asks for checksums only when required and the
-part checksum chosen by ``--checksum`` is sent explicitly (``Content-MD5`` by default, which
-every S3-compatible store verifies).
+The values themselves come from ``streamproxy.checksums`` (computed in a worker thread, next to
+the payload sha256 the signer needs). botocore >= 1.36 computes CRC checksums by default and
+sends them as aws-chunked trailers that several S3-compatible stores reject; the client asks for
+checksums only when required, and the part checksum is sent explicitly as a header.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import zlib
+from typing import Any
 
-__all__ = ["checksum_args", "multipart_checksum_algorithm", "part_digests"]
+from ...checksums import FULL_OBJECT, ObjectChecksum, digest, encode
+
+__all__ = ["complete_args", "create_args", "part_args", "part_digests"]
+
+# The botocore parameter (and so the header) that carries each mode's value.
+ARGUMENT = {
+    "md5": "ContentMD5",
+    "crc32": "ChecksumCRC32",
+    "crc32c": "ChecksumCRC32C",
+    "crc64nvme": "ChecksumCRC64NVME",
+    "sha256": "ChecksumSHA256",
+}
 
 
-def part_digests(algorithm: str, body: memoryview, payload_sha256: bool) -> tuple[dict[str, str], str | None]:
-    """Return the part checksum arguments and, if the signer needs it, the payload sha256 (run in a thread)."""
-    return checksum_args(algorithm, body), hashlib.sha256(body).hexdigest() if payload_sha256 else None
+def part_digests(mode: str, body: memoryview, payload_sha256: bool) -> tuple[bytes | None, str | None]:
+    """Return the part's raw checksum (``None`` for ``none``) and, if the signer needs it, the payload sha256.
+
+    Run in a worker thread: neither needs the event loop.
+    """
+    raw = digest(mode, body) if mode in ARGUMENT else None
+    return raw, hashlib.sha256(body).hexdigest() if payload_sha256 else None
 
 
-def checksum_args(algorithm: str, body: memoryview) -> dict[str, str]:
-    """Return the ``UploadPart``/``PutObject`` checksum argument for ``algorithm`` (none for ``none``)."""
-    if algorithm == "md5":
-        return {"ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
-    if algorithm == "crc32":
-        return {"ChecksumCRC32": base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()}
-    if algorithm == "sha256":
-        return {"ChecksumSHA256": base64.b64encode(hashlib.sha256(body).digest()).decode()}
+def part_args(mode: str, raw: bytes | None) -> dict[str, str]:
+    """Return the ``UploadPart``/``PutObject`` argument that carries a part's checksum."""
+    return {} if raw is None else {ARGUMENT[mode]: encode(raw)}
+
+
+def create_args(mode: str) -> dict[str, str]:
+    """Return the ``CreateMultipartUpload`` arguments that announce the parts' checksum."""
+    if mode == "crc64nvme":
+        return {"ChecksumAlgorithm": "CRC64NVME", "ChecksumType": FULL_OBJECT}
+    if mode in ("crc32", "crc32c", "sha256"):
+        return {"ChecksumAlgorithm": mode.upper()}
     return {}
 
 
-def multipart_checksum_algorithm(algorithm: str) -> dict[str, str]:
-    """Return the ``CreateMultipartUpload`` argument that announces the parts' checksum algorithm."""
-    return {"ChecksumAlgorithm": algorithm.upper()} if algorithm in ("crc32", "sha256") else {}
+def complete_args(checksum: ObjectChecksum | None) -> dict[str, Any]:
+    """Return the ``CompleteMultipartUpload`` arguments: the whole object's value, for a full-object checksum."""
+    if checksum is None or checksum.type != FULL_OBJECT:
+        return {}
+    return {ARGUMENT[checksum.mode]: encode(checksum.full()), "ChecksumType": FULL_OBJECT}

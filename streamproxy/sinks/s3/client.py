@@ -98,9 +98,16 @@ class S3Client:
         self._client: Any = None
         # key -> (lock, number of holders and waiters): an idle entry is dropped so the table stays small
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        # botocore signs the payload (sha256 of every part) unless it goes over HTTPS with a Content-MD5.
-        self.payload_sha256 = (options.endpoint_url or "https:").startswith("http:") or options.checksum != "md5"
+        self._plain_http = (options.endpoint_url or "https:").startswith("http:")
         self.observe: Callable[[str, float, int], None] = lambda operation, seconds, retries: None
+
+    def payload_sha256(self, checksum: str) -> bool:
+        """Whether botocore signs each part's body (its sha256) with this part checksum mode.
+
+        It does on plain HTTP, and on HTTPS when the part carries no checksum (see
+        ``transport.PrehashedS3SigV4Auth``); the sink then computes that digest in a worker thread.
+        """
+        return self._plain_http or checksum == "none"
 
     @property
     def raw(self) -> Any:
@@ -150,6 +157,16 @@ class S3Client:
                 del self._key_locks[key]
             else:
                 self._key_locks[key] = (lock, users - 1)
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object exists at ``key`` (``HeadObject``); other failures raise ``StorageError``."""
+        try:
+            await self.call("HeadObject", Bucket=self.options.bucket, Key=key)
+        except StorageError as exc:
+            if exc.storage_code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     async def is_ours(self, key: str, token: str) -> bool:
         """Whether ``key`` exists and was written by the upload that carries ``token``.

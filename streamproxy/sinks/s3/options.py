@@ -33,6 +33,7 @@ class S3Options:
     part_size: int
     part_concurrency: int
     overwrite: bool
+    require_conditional_writes: bool
     checksum: str
     max_pool_connections: int
     s3_max_attempts: int

@@ -9,11 +9,12 @@ import structlog
 
 from ...errors import ConfigError
 from .. import SweepItem
+from .adapt import STORE_ENFORCED, Strategy, protection_gaps, strategy
 from .admin import S3Admin
 from .capabilities import Capabilities
 from .client import ClientFactory, S3Client, aiobotocore_client, map_error
 from .options import S3Options
-from .pin import load_pin
+from .pin import AWS_DOCUMENTED, load_pin
 from .probe import ProbeError, ProbeReport, log_fields
 from .probe import probe as probe_capabilities
 from .writer import S3Writer
@@ -38,10 +39,49 @@ class S3Sink:
         self.description = f"s3://{options.bucket}/{options.prefix}"
         self.client = S3Client(options, client_factory)
         self.admin = S3Admin(self.client)
-        # Given (tests), pinned (--s3-capabilities aws|FILE) or probed in start(); the writer adapts to it.
-        self.capabilities = capabilities
         self.probe_report: ProbeReport | None = None  # the evidence, when start() probed
+        # What start() learned, even when adopting it failed (check prints it either way).
+        self.learned: Capabilities | None = None
         self._probe = probe  # False: a tool that needs no capabilities (sweep) writes no probe objects
+        # Given (tests), pinned (--s3-capabilities aws|FILE) or probed in start(); the writer adapts to it.
+        self._capabilities: Capabilities | None = None
+        self._strategy = strategy(
+            None, overwrite=options.overwrite, checksum=options.checksum, endpoint_url=options.endpoint_url
+        )
+        if capabilities is not None:
+            self.capabilities = capabilities
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """What the store can do (probed at start, pinned, or injected); ``None``: not known, S3 assumed."""
+        return self._capabilities
+
+    @capabilities.setter
+    def capabilities(self, capabilities: Capabilities | None) -> None:
+        """Adopt what the store can do; ``ConfigError`` if ``--require-conditional-writes`` cannot be met."""
+        o = self.options
+        decided = strategy(capabilities, overwrite=o.overwrite, checksum=o.checksum, endpoint_url=o.endpoint_url)
+        if capabilities is not None and o.require_conditional_writes and decided.protection != STORE_ENFORCED:
+            raise ConfigError(
+                f"--require-conditional-writes: {self.description} cannot refuse to replace a recording itself "
+                f"({'; '.join(protection_gaps(capabilities))}); duplicates would be refused only best-effort"
+            )
+        self._capabilities = capabilities
+        self._strategy = decided
+        if capabilities is not None and not capabilities.abort_multipart:
+            # Once per sink, not per upload: every interrupted upload on this store stays until the
+            # bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes it.
+            log.warning(
+                "abort_multipart_unsupported",
+                storage=self.description,
+                reason="the store does not remove a multipart upload on AbortMultipartUpload",
+                effect="parts of interrupted uploads stay until the bucket's lifecycle rule removes them",
+            )
+
+    @property
+    def strategy(self) -> Strategy:
+        """How uploads adapt to this store (see ``adapt``)."""
+        return self._strategy
 
     @property
     def observe(self) -> Callable[[str, float, int], None]:
@@ -68,18 +108,22 @@ class S3Sink:
 
     async def learn_capabilities(self, *, probe: bool = True) -> None:
         """Take the given or pinned capabilities, or probe the store (``probe``); see ``start`` for errors."""
-        if self.capabilities is None:
-            self.capabilities = load_pin(self.options.s3_capabilities)
-        if self.capabilities is None:
+        if self.capabilities is None and self.options.s3_capabilities == "aws":
+            # Assumed, not known: the writers follow S3 as documented (as before any probe existed),
+            # and --checksum auto resolves as for a store never probed (adapt.resolve_checksum).
+            self.learned = AWS_DOCUMENTED
+            log.info("storage_capabilities", storage=self.description, **log_fields(AWS_DOCUMENTED), leftovers=[])
+            return
+        caps = self.capabilities or load_pin(self.options.s3_capabilities)
+        if caps is None:
             if not probe:
                 return
             try:
                 self.probe_report = await probe_capabilities(self.client.raw, self.options.bucket, self.options.prefix)
             except ProbeError as exc:
                 raise map_error(f"capability probe ({exc.step})", exc.error) from exc
-            self.capabilities = self.probe_report.capabilities
-        self.admin.capabilities = self.capabilities
-        caps = self.capabilities
+            caps = self.probe_report.capabilities
+        self.learned = self.admin.capabilities = caps
         log.info(
             "storage_capabilities",
             storage=self.description,
@@ -91,6 +135,7 @@ class S3Sink:
             evidence = self.probe_report.evidence.get(f"checksum_{mode}", "") if self.probe_report else "pinned"
             usable = ", ".join(sorted(caps.accepted_checksums | caps.checksums)) or "none"
             raise ConfigError(f"--checksum {mode}: {self.description} does not take it ({evidence}); use {usable}")
+        self.capabilities = caps  # decides the writers' strategy; refuses --require-conditional-writes it cannot meet
 
     async def close(self) -> None:
         """Close the client and its connections."""
@@ -113,7 +158,7 @@ class S3Sink:
         tags: Mapping[str, str] | None = None,
     ) -> S3Writer:
         """Start an upload; nothing is sent to S3 until the first part is full or the upload completes."""
-        return S3Writer(self.client, key, content_type, metadata, tags or {})
+        return S3Writer(self.client, key, content_type, metadata, tags or {}, strategy=self._strategy)
 
     async def probe(self) -> None:
         """Check cheaply that the bucket is reachable with these credentials (see ``S3Admin.probe``)."""

@@ -107,6 +107,27 @@ class PrehashedS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]  # botocore is un
             return body.sha256
         return str(super().payload(request))
 
+    def _should_sha256_sign_payload(self, request: Any) -> bool:
+        """Also skip signing a part's body over HTTPS when it carries an ``x-amz-checksum-*`` value.
+
+        botocore skips it only for Content-MD5 (or a checksum it computed itself), so a CRC64NVME
+        sent explicitly would cost a sha256 of every part. Over TLS, with a checksum the store
+        verifies, S3 accepts an unsigned payload; an explicit ``payload_signing_enabled`` still wins.
+        """
+        s3_config = getattr(request.context.get("client_config"), "s3", None) or {}
+        if (
+            s3_config.get("payload_signing_enabled") is None
+            and request.url.startswith("https")
+            and isinstance(request.body, PartBody)
+            and any(name.lower() in _CHECKSUM_HEADERS for name in request.headers)
+        ):
+            return False
+        return bool(super()._should_sha256_sign_payload(request))
+
+
+# The headers that carry a part's checksum value (not the algorithm or type announcements).
+_CHECKSUM_HEADERS = frozenset(f"x-amz-checksum-{name}" for name in ("crc32", "crc32c", "crc64nvme", "sha1", "sha256"))
+
 
 def _zero_copy_writes() -> None:
     """Let aiohttp hand headers and body to the transport as a vector instead of joining them.

@@ -12,9 +12,11 @@ from typing import Any
 
 import structlog
 
+from ...checksums import Checksum, ObjectChecksum
 from ...errors import KeyExists, StorageError
 from ...parts import PartBuffer
-from .checksums import part_digests
+from .adapt import Strategy
+from .checksums import complete_args, create_args, part_args, part_digests
 from .client import S3Client
 from .transport import PartBody
 
@@ -28,17 +30,29 @@ _SWEEP = "run streamproxy sweep"
 
 
 async def final_write(
-    operation: str, client: S3Client, key: str, kwargs: dict[str, Any], *, conditional: bool, token: str
+    operation: str,
+    client: S3Client,
+    key: str,
+    kwargs: dict[str, Any],
+    *,
+    conditional: bool,
+    head_check: bool,
+    token: str,
 ) -> None:
     """Make the object visible: a conditional write, serialized per key, safe against lost responses.
 
-    Without ``--overwrite`` the write carries ``If-None-Match: *``. If it answers 412 or
-    ``NoSuchUpload``, the first attempt may have succeeded with its response lost: a ``HeadObject``
-    showing our ``token`` turns that into the success it was.
+    ``conditional``: the write carries ``If-None-Match: *`` (the store refuses to replace a key).
+    ``head_check``: the store would not refuse, so a ``HeadObject`` right before the write, under
+    the per-key lock, refuses a key that exists (what remains is the race across servers, see
+    docs/design.md). If the write answers 412 or ``NoSuchUpload``, the first attempt may have
+    succeeded with its response lost: a ``HeadObject`` showing our ``token`` turns that into the
+    success it was.
     """
-    if conditional and not client.options.overwrite:
+    if conditional:
         kwargs["IfNoneMatch"] = "*"
     async with client.key_lock(key):
+        if head_check and await client.exists(key):
+            raise KeyExists("the key already exists")
         for attempt in range(_CONFLICT_ATTEMPTS):
             try:
                 await client.call(operation, **kwargs)
@@ -57,17 +71,20 @@ async def final_write(
                 await asyncio.sleep(0.2 * 2**attempt)
 
 
-async def put_part(client: S3Client, body: memoryview) -> tuple[PartBody, dict[str, str]]:
-    """Return the body and checksum arguments for one part; the digests are computed in a worker thread."""
-    checksum, digest = await asyncio.to_thread(part_digests, client.options.checksum, body, client.payload_sha256)
-    return PartBody(body, digest, client.options.s3_timeout), checksum
+async def put_part(client: S3Client, body: memoryview, mode: str) -> tuple[PartBody, bytes | None]:
+    """Return the body and raw checksum (``mode``) of one part; the digests are computed in a worker thread."""
+    raw, digest = await asyncio.to_thread(part_digests, mode, body, client.payload_sha256(mode))
+    return PartBody(body, digest, client.options.s3_timeout), raw
 
 
 class MultipartUpload:
     """A multipart upload to ``key``: parts run concurrently in tasks; the first failure is kept in ``error``."""
 
-    def __init__(self, client: S3Client, key: str) -> None:
+    def __init__(self, client: S3Client, key: str, strategy: Strategy, *, checksum: str = "none") -> None:
         self.key = key
+        self.strategy = strategy
+        self.mode = checksum  # the parts' checksum mode (``none`` for copied parts)
+        self.checksum = ObjectChecksum(checksum) if checksum != "none" else None
         self.upload_id: str | None = None
         self.error: Exception | None = None
         self._s3 = client
@@ -84,7 +101,9 @@ class MultipartUpload:
 
     async def create(self, **args: Any) -> None:
         """Start the upload on the store (``args``: content type, metadata, object arguments)."""
-        response = await self._s3.call("CreateMultipartUpload", Bucket=self._bucket, Key=self.key, **args)
+        response = await self._s3.call(
+            "CreateMultipartUpload", Bucket=self._bucket, Key=self.key, **create_args(self.mode), **args
+        )
         self.upload_id = response["UploadId"]
 
     async def part(self, part: PartBuffer) -> None:
@@ -119,7 +138,10 @@ class MultipartUpload:
         return {"Bucket": self._bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number}
 
     async def _upload_part(self, number: int, part: PartBuffer) -> dict[str, Any]:
-        body, checksum = await put_part(self._s3, part.view)
+        body, raw = await put_part(self._s3, part.view, self.mode)
+        checksum = part_args(self.mode, raw)
+        if raw is not None and self.checksum is not None:
+            self.checksum.add(number, raw, part.length)
         response = await self._s3.call("UploadPart", Body=body, **self._part_args(number), **checksum)
         entry: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
         entry.update({k: v for k, v in checksum.items() if k.startswith("Checksum")})
@@ -131,16 +153,37 @@ class MultipartUpload:
         )
         return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
-    async def complete(self, *, conditional: bool, token: str) -> None:
-        """Wait for the parts, then complete the upload (conditionally); raise the first part's failure."""
+    async def complete(self, *, guard: bool, token: str) -> Checksum | None:
+        """Wait for the parts, complete the upload, and return the checksum the store verified.
+
+        ``guard``: the key must not exist yet (``If-None-Match: *`` where the store honours it on
+        this call, a ``HeadObject`` under the key lock where it does not). Raises the first
+        part's failure.
+        """
         await asyncio.gather(*self._tasks)
         self._tasks = []
         if self.error is not None:
             raise self.error
         parts = [self._parts[n] for n in sorted(self._parts)]
-        kwargs = dict(Bucket=self._bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
-        await final_write("CompleteMultipartUpload", self._s3, self.key, kwargs, conditional=conditional, token=token)
+        kwargs = dict(
+            Bucket=self._bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": parts},
+            **complete_args(self.checksum),
+        )
+        operation = "CompleteMultipartUpload"
+        await final_write(
+            operation,
+            self._s3,
+            self.key,
+            kwargs,
+            conditional=guard and self.strategy.guarded(operation),
+            head_check=guard and self.strategy.head_checks and not self.strategy.guarded(operation),
+            token=token,
+        )
         self.upload_id = None
+        return self.checksum.multipart() if self.checksum is not None else None
 
     async def abort(self) -> None:
         """Cancel the part tasks and abort the upload on the store (retried; sweep cleans what is left)."""
@@ -150,6 +193,9 @@ class MultipartUpload:
         self._tasks = []
         upload_id, self.upload_id = self.upload_id, None
         if upload_id is None:
+            return
+        if not self.strategy.abort:
+            # Logged once per sink (S3Sink.capabilities); the store's lifecycle rule or sweep removes it.
             return
         for attempt in range(_ABORT_ATTEMPTS):
             try:

@@ -1,33 +1,43 @@
 """``S3Writer``: one upload into S3, as a single PUT, a direct multipart upload, or staged then copied.
 
+Each step follows the sink's ``Strategy`` (``adapt``), decided from what the store can do:
+
 * A recording that fits one part arrives as a single part marked ``last`` and is stored with one
-  ``PutObject`` (no multipart upload ever exists for it).
+  ``PutObject``; on a store that cannot guard PutObject but guards CompleteMultipartUpload
+  (Swift), with a one-part multipart upload instead, made at ``complete`` when the metadata is known.
 * Otherwise a ``MultipartUpload`` with up to ``part_concurrency`` parts in flight (each keeps its
-  buffer until S3 accepted it, so botocore can resend it on retry). Any failure aborts it.
+  buffer until S3 accepted it, so botocore can resend it on retry). Any failure aborts it. Where
+  the store would not refuse to replace the key, a ``HeadObject`` before it starts refuses a
+  known name early, and ``upload.final_write`` checks again under the key lock.
 * Each upload writes a random ``streamproxy-upload-id`` into the object's metadata, so the final
   write can tell a lost answer from someone else's object (``upload.final_write``).
 * A name that arrives after the file: the bytes go to ``<prefix>.streamproxy-staging/<id>``, and
   ``complete(key=...)`` copies them server-side (a second ``MultipartUpload`` of copy-parts, so
-  any size works, with the same conditional complete) and deletes the staging object.
+  any size works, with the same guarded complete; without UploadPartCopy one ``CopyObject`` up
+  to 5 GiB, or the staged bytes streamed back through the part budget) and deletes the staging object.
 * sha256 and size are known only at the end, after a multipart upload's metadata is fixed: they
-  are stored as metadata where the object is written whole (single PUT, staged copy) and as the
-  object tags ``sha256`` / ``size`` on a direct multipart upload.
+  are stored as metadata where the object is written whole (single PUT, one-part upload, staged
+  copy), as the object tags ``sha256`` / ``size`` on a direct multipart upload, and where the
+  store has no tagging, in the sidecar object ``<key>.sha256``.
+* ``complete`` returns the checksum the store verified (``Stored.checksum``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
 
+from ...checksums import Checksum, ObjectChecksum
 from ...errors import BadRequest, KeyExists, StorageError
-from ...parts import PartBuffer
+from ...parts import BufferPool, PartBuffer
 from ...tags import merge_tags
 from .. import Stored, WriterBase
-from .checksums import multipart_checksum_algorithm
+from .adapt import COPY_OBJECT_LIMIT, SIDECAR_SUFFIX, Strategy
+from .checksums import part_args
 from .client import UPLOAD_ID_META, S3Client
 from .upload import MultipartUpload, final_write, put_part
 
@@ -37,6 +47,7 @@ log = structlog.get_logger("streamproxy.s3")
 
 STAGING_DIR = ".streamproxy-staging/"
 COPY_PART_SIZE = 512 * 1024 * 1024  # server-side copy parts: few calls, well under S3's 5 GiB cap
+_SWEEP = "run streamproxy sweep"
 
 
 class S3Writer(WriterBase):
@@ -49,9 +60,12 @@ class S3Writer(WriterBase):
         content_type: str,
         metadata: Mapping[str, str],
         tags: Mapping[str, str],
+        *,
+        strategy: Strategy,
     ) -> None:
         self._s3 = client
         self._o = client.options
+        self._strategy = strategy
         self._token = uuid.uuid4().hex
         self._final_key = key
         self._staged = key is None
@@ -60,28 +74,39 @@ class S3Writer(WriterBase):
         self._metadata = {**metadata, UPLOAD_ID_META: self._token}
         self._early_tags = dict(tags)  # tags known at open: a direct multipart upload starts with them
         self._single: PartBuffer | None = None
+        self._pool: BufferPool | None = None  # the budget the parts came from (to stream a staged object back)
         self._upload: MultipartUpload | None = None  # the direct upload, or the staging object's
         self._copy: MultipartUpload | None = None  # the staged path's server-side copy
         self._staging_written = False
         self._size = 0
         self._finished = False
 
+    def _guarded(self, operation: str) -> tuple[bool, bool]:
+        """(send If-None-Match, check with HeadObject) for a final write to the final key."""
+        if self._staged and operation != "CopyObject":
+            return False, False  # the staging key is ours alone
+        guarded = self._strategy.guarded(operation)
+        return guarded, self._strategy.head_checks and not guarded
+
     async def write(self, part: PartBuffer, *, last: bool = False) -> None:
-        """Keep a lone last part for a single PUT; otherwise run a multipart upload with bounded concurrency."""
+        """Keep a lone last part for ``complete``; otherwise run a multipart upload with bounded concurrency."""
         if self._upload is not None and self._upload.error is not None:
             part.release()
             raise self._upload.error
         self._size += part.length
+        self._pool = part.pool
         if self._upload is None:
             if last:
-                self._single = part  # the whole recording fits one part: complete() PUTs it
+                self._single = part  # the whole recording fits one part: complete() stores it
                 return
-            upload = MultipartUpload(self._s3, self._key)
             try:
+                # A name the store will not protect is refused before a byte is sent (checked again at the end).
+                if self._guarded("CompleteMultipartUpload")[1] and await self._s3.exists(self._key):
+                    raise KeyExists("the key already exists")
+                upload = MultipartUpload(self._s3, self._key, self._strategy, checksum=self._strategy.checksum)
                 await upload.create(
                     ContentType=self._content_type,
                     Metadata=self._metadata,
-                    **multipart_checksum_algorithm(self._o.checksum),
                     **(self._o.encryption_args() if self._staged else self._o.object_args(self._early_tags)),
                 )
             except BaseException:
@@ -100,7 +125,7 @@ class S3Writer(WriterBase):
         """Finish the upload (single PUT, multipart complete, or staged copy); abort and raise on failure.
 
         ``tags`` are added to the configured ones; after a direct multipart upload, whose
-        metadata was fixed at its start, ``metadata`` joins them as tags too.
+        metadata was fixed at its start, ``metadata`` joins them as tags too (or the sidecar).
         """
         final_key = key or self._final_key
         extra = dict(metadata or {})
@@ -108,58 +133,144 @@ class S3Writer(WriterBase):
         try:
             if final_key is None:
                 raise BadRequest("no key for the upload", code="missing_field")
-            if self._upload is None:
-                await self._put_single(extra, request_tags, conditional=not self._staged)
+            if self._upload is None and (self._strategy.single_put or self._staged):
+                checksum = await self._put_single(extra, request_tags)
+                etag_parts = 1
+            elif self._upload is None:
+                checksum = await self._one_part_upload(extra, request_tags)
                 etag_parts = 1
             else:
-                await self._upload.complete(conditional=not self._staged, token=self._token)
+                checksum = await self._upload.complete(guard=not self._staged, token=self._token)
                 etag_parts = self._upload.part_count
             if self._staged:
                 self._staging_written = True
                 await self._move(final_key, extra, request_tags)
             elif etag_parts > 1 and (extra or request_tags):
-                await self._tag(final_key, merge_tags(dict(self._o.tags), request_tags, extra))
+                facts = merge_tags(dict(self._o.tags), request_tags, extra)
+                if self._strategy.tagging:
+                    await self._tag(final_key, facts)
+                else:
+                    await self._sidecar(final_key, extra)
         except BaseException:
             await self.abort()
             raise
         self._finished = True
-        return Stored(key=final_key, url=await self._s3.url_for(final_key), bucket=self._o.bucket, parts=etag_parts)
+        return Stored(
+            key=final_key,
+            url=await self._s3.url_for(final_key),
+            bucket=self._o.bucket,
+            parts=etag_parts,
+            checksum=checksum,
+        )
 
-    async def _put_single(self, extra: Mapping[str, str], tags: Mapping[str, str], *, conditional: bool) -> None:
+    def _object_args(self, tags: Mapping[str, str]) -> dict[str, Any]:
+        return self._o.encryption_args() if self._staged else self._o.object_args(tags)
+
+    async def _put_single(self, extra: Mapping[str, str], tags: Mapping[str, str]) -> Checksum | None:
         single, self._single = self._single, None
+        mode = self._strategy.checksum
         try:
-            body, checksum = await put_part(self._s3, single.view if single is not None else memoryview(b""))
+            body, raw = await put_part(self._s3, single.view if single is not None else memoryview(b""), mode)
             kwargs: dict[str, Any] = dict(
                 Bucket=self._o.bucket,
                 Key=self._key,
                 Body=body,
                 ContentType=self._content_type,
                 Metadata={**self._metadata, **extra},
-                **checksum,
-                **(self._o.encryption_args() if self._staged else self._o.object_args(tags)),
+                **part_args(mode, raw),
+                **self._object_args(tags),
             )
-            await final_write("PutObject", self._s3, self._key, kwargs, conditional=conditional, token=self._token)
+            conditional, head_check = self._guarded("PutObject")
+            await final_write(
+                "PutObject",
+                self._s3,
+                self._key,
+                kwargs,
+                conditional=conditional,
+                head_check=head_check,
+                token=self._token,
+            )
         finally:
             if single is not None:
                 single.release()
+        return ObjectChecksum(mode).single(raw) if raw is not None else None
+
+    async def _one_part_upload(self, extra: Mapping[str, str], tags: Mapping[str, str]) -> Checksum | None:
+        """Store a one-part recording as a multipart upload: the store guards its complete, not PutObject."""
+        single, self._single = self._single, None
+        upload = MultipartUpload(self._s3, self._key, self._strategy, checksum=self._strategy.checksum)
+        try:
+            await upload.create(
+                ContentType=self._content_type, Metadata={**self._metadata, **extra}, **self._object_args(tags)
+            )
+        except BaseException:
+            if single is not None:
+                single.release()
+            raise
+        self._upload = upload  # from here on, abort() aborts it
+        if single is not None:
+            await upload.part(single)
+        return await upload.complete(guard=not self._staged, token=self._token)
 
     async def _move(self, final_key: str, extra: Mapping[str, str], tags: Mapping[str, str]) -> None:
-        """Copy the staging object to its final key server-side, then delete the staging object."""
-        self._copy = MultipartUpload(self._s3, final_key)
-        await self._copy.create(
-            ContentType=self._content_type, Metadata={**self._metadata, **extra}, **self._o.object_args(tags)
-        )
-        source = {"Bucket": self._o.bucket, "Key": self._key}
-        step = max(self._o.part_size, COPY_PART_SIZE)
-        for start in range(0, self._size, step):
-            await self._copy.copy_part(source, start, min(start + step, self._size) - 1)
-        await self._copy.complete(conditional=True, token=self._token)
+        """Move the staging object to its final key, then delete the staging object."""
+        metadata = {**self._metadata, **extra}
+        if self._strategy.part_copy:
+            await self._copy_parts(final_key, metadata, tags)
+        elif self._size <= COPY_OBJECT_LIMIT:
+            await self._copy_object(final_key, metadata, tags)
+        else:
+            await self._stream_back(final_key, metadata, tags)
         # The recording is stored now: a staging copy we cannot delete is sweep's job, not a failure.
         try:
             await self._delete_staging()
         except (StorageError, KeyExists) as exc:
             self._staging_written = False
-            log.error("staging_delete_failed", key=self._key, error=str(exc), hint="run streamproxy sweep")
+            log.error("staging_delete_failed", key=self._key, error=str(exc), hint=_SWEEP)
+
+    async def _copy_parts(self, final_key: str, metadata: dict[str, str], tags: Mapping[str, str]) -> None:
+        self._copy = MultipartUpload(self._s3, final_key, self._strategy)
+        await self._copy.create(ContentType=self._content_type, Metadata=metadata, **self._o.object_args(tags))
+        source = {"Bucket": self._o.bucket, "Key": self._key}
+        step = max(self._o.part_size, COPY_PART_SIZE)
+        for start in range(0, self._size, step):
+            await self._copy.copy_part(source, start, min(start + step, self._size) - 1)
+        await self._copy.complete(guard=True, token=self._token)
+
+    async def _copy_object(self, final_key: str, metadata: dict[str, str], tags: Mapping[str, str]) -> None:
+        """One server-side CopyObject (no UploadPartCopy here), checked with HeadObject under the key lock."""
+        args = self._o.object_args(tags)
+        kwargs: dict[str, Any] = dict(
+            Bucket=self._o.bucket,
+            Key=final_key,
+            CopySource={"Bucket": self._o.bucket, "Key": self._key},
+            MetadataDirective="REPLACE",
+            ContentType=self._content_type,
+            Metadata=metadata,
+            **args,
+        )
+        if "Tagging" in args:
+            kwargs["TaggingDirective"] = "REPLACE"
+        _, head_check = self._guarded("CopyObject")
+        await final_write(
+            "CopyObject", self._s3, final_key, kwargs, conditional=False, head_check=head_check, token=self._token
+        )
+
+    async def _stream_back(self, final_key: str, metadata: dict[str, str], tags: Mapping[str, str]) -> None:
+        """Beyond CopyObject's 5 GiB, without UploadPartCopy: read the staged object back, part by part.
+
+        Each part is taken whole from the same budget as incoming bytes and filled from the store
+        before it is handed on, so the budget's no-deadlock argument (``streamproxy.parts``) holds.
+        """
+        if self._pool is None:
+            raise StorageError("no part budget to stream the staged object back", storage_code="Internal")
+        self._copy = MultipartUpload(self._s3, final_key, self._strategy, checksum=self._strategy.checksum)
+        await self._copy.create(ContentType=self._content_type, Metadata=metadata, **self._o.object_args(tags))
+        answer = await self._s3.call("GetObject", Bucket=self._o.bucket, Key=self._key)
+        async with answer["Body"] as stream:
+            async for part in _parts(stream, self._pool):
+                await self._copy.part(part)
+        await self._copy.complete(guard=True, token=self._token)
 
     async def _tag(self, key: str, extra: Mapping[str, str]) -> None:
         # The object is stored at this point: a failed tag is worth a warning, not a failed upload.
@@ -169,6 +280,29 @@ class S3Writer(WriterBase):
             await self._s3.call("PutObjectTagging", Bucket=self._o.bucket, Key=key, Tagging={"TagSet": tags})
         except (StorageError, KeyExists) as exc:
             log.warning("tagging_failed", key=key, error=str(exc))
+
+    async def _sidecar(self, key: str, facts: Mapping[str, str]) -> None:
+        """Record sha256 and size where the store has no tags: ``<key>.sha256``, in ``sha256sum`` format.
+
+        The body is what ``sha256sum -c`` checks; every fact is also in the sidecar's metadata.
+        Like a failed tag, a failed sidecar is a warning: the recording is stored.
+        """
+        if "sha256" not in facts:
+            return
+        name = key.rsplit("/", 1)[-1]
+        body = f"{facts['sha256']}  {name}\n".encode()
+        try:
+            await self._s3.call(
+                "PutObject",
+                Bucket=self._o.bucket,
+                Key=key + SIDECAR_SUFFIX,
+                Body=body,
+                ContentType="text/plain; charset=utf-8",
+                Metadata=dict(facts),
+                **self._o.encryption_args(),
+            )
+        except (StorageError, KeyExists) as exc:
+            log.warning("sidecar_failed", key=key + SIDECAR_SUFFIX, error=str(exc))
 
     async def _delete_staging(self) -> None:
         if self._staging_written:
@@ -192,4 +326,27 @@ class S3Writer(WriterBase):
         try:
             await self._delete_staging()
         except (StorageError, KeyExists) as exc:
-            log.error("staging_delete_failed", key=self._key, error=str(exc), hint="run streamproxy sweep")
+            log.error("staging_delete_failed", key=self._key, error=str(exc), hint=_SWEEP)
+
+
+async def _parts(stream: Any, pool: BufferPool) -> AsyncIterator[PartBuffer]:
+    """Cut a GetObject body into whole part buffers from ``pool``."""
+    while True:
+        part = await pool.acquire()
+        try:
+            while part.length < len(part.data):
+                chunk = await stream.read(len(part.data) - part.length)
+                if not chunk:
+                    break
+                part.data[part.length : part.length + len(chunk)] = chunk
+                part.length += len(chunk)
+        except BaseException:
+            part.release()
+            raise
+        if part.length == 0:
+            part.release()
+            return
+        full = part.length == len(part.data)  # read before yielding: the part may be released at once
+        yield part
+        if not full:
+            return
