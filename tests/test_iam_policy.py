@@ -15,6 +15,7 @@ ACTION_FOR = {
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",
     "UploadPartCopy": "s3:PutObject",
+    "CopyObject": "s3:PutObject",  # the staged move where UploadPartCopy is missing (source read: s3:GetObject)
     "CompleteMultipartUpload": "s3:PutObject",
     "AbortMultipartUpload": "s3:AbortMultipartUpload",
     "HeadObject": "s3:GetObject",

@@ -114,7 +114,8 @@ class S3Sink:
             self.learned = AWS_DOCUMENTED
             log.info("storage_capabilities", storage=self.description, **log_fields(AWS_DOCUMENTED), leftovers=[])
             return
-        caps = self.capabilities or load_pin(self.options.s3_capabilities)
+        given = self.capabilities
+        caps = given or load_pin(self.options.s3_capabilities)
         if caps is None:
             if not probe:
                 return
@@ -135,7 +136,8 @@ class S3Sink:
             evidence = self.probe_report.evidence.get(f"checksum_{mode}", "") if self.probe_report else "pinned"
             usable = ", ".join(sorted(caps.accepted_checksums | caps.checksums)) or "none"
             raise ConfigError(f"--checksum {mode}: {self.description} does not take it ({evidence}); use {usable}")
-        self.capabilities = caps  # decides the writers' strategy; refuses --require-conditional-writes it cannot meet
+        if caps is not given:  # decides the writers' strategy; refuses --require-conditional-writes it cannot meet
+            self.capabilities = caps
 
     async def close(self) -> None:
         """Close the client and its connections."""
