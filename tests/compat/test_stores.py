@@ -96,8 +96,14 @@ async def test_the_same_name_twice_keeps_the_first(client_for, area: Area, first
     body = await resp.json()
     assert (resp.status, body["error"]) == (409, "exists"), body
     stored = area.objects()
-    assert set(stored) == {f"{area.prefix}dup.wav"}
-    assert sha256(stored[f"{area.prefix}dup.wav"]) == sha256(first)
+    key = f"{area.prefix}dup.wav"
+    expected = {key}
+    if len(first) > PART and not MEASURED[area.store.name].tagging:
+        # no tags there: a multipart recording's sha256 lives in the sidecar, which must stay the first's too
+        expected.add(f"{key}.sha256")
+        assert stored[f"{key}.sha256"].decode().split()[0] == sha256(first)
+    assert set(stored) == expected
+    assert sha256(stored[key]) == sha256(first)
     assert area.uploads() in ([], None)
 
 
