@@ -156,10 +156,13 @@ class RecordingStream:
             view = view[take:]
 
     async def _ship(self, *, last: bool) -> None:
+        if self._hashing is not None:
+            # sha256 is order-dependent; the previous part is long done by now. Wait before taking
+            # the buffer out of self._buffer: a cancellation here (the client vanished) must leave
+            # it where discard() gives it back, or the budget loses a buffer for good.
+            await self._hashing
         part, self._buffer = self._buffer, None
         assert part is not None
-        if self._hashing is not None:
-            await self._hashing  # sha256 is order-dependent; the previous part is long done by now
         part.retain()
         # hashlib releases the GIL on large buffers: hashing runs on the second core.
         self._hashing = asyncio.get_running_loop().run_in_executor(None, self._sha.update, part.view)
