@@ -2,6 +2,11 @@
 
 moto stores most request headers (encryption, storage class, tags, object lock on PutObject), but
 ignores Object Lock on CreateMultipartUpload; the recorder shows what streamproxy actually sent.
+
+``imitate`` makes moto behave like a store that differs from S3 (docs/storage-compatibility.md):
+an ``Imitation`` drops a header the store ignores (Ceph 16's ``If-None-Match`` on
+CompleteMultipartUpload) or refuses an operation as the store does (Swift's 501 on a conditional
+PutObject, s3rver's missing UploadPartCopy).
 """
 
 from __future__ import annotations
@@ -48,12 +53,26 @@ class Call:
         return self.path.split("/", 2)[2] if self.path.count("/") >= 2 else ""
 
 
+@dataclass(frozen=True)
+class Imitation:
+    """How the imitated store treats one operation (optionally only requests carrying ``when_header``)."""
+
+    operation: str
+    ignore_header: str | None = None  # dropped before moto sees it: the store ignores it
+    refuse: tuple[int, str] | None = None  # (status, S3 error code) answered instead of forwarding
+    when_header: str | None = None
+
+    def applies(self, call: Call) -> bool:
+        return call.operation == self.operation and (self.when_header is None or self.when_header in call.headers)
+
+
 class S3Recorder:
     """Forward requests to ``upstream`` and keep a list of them."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.calls: list[Call] = []
+        self.imitate: list[Imitation] = []
         self.endpoint = ""  # where the proxy listens, once started
         self._session: aiohttp.ClientSession | None = None
 
@@ -71,14 +90,22 @@ class S3Recorder:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
-        self.calls.append(
-            Call(
-                request.method,
-                request.path,
-                parse_qs(request.query_string, keep_blank_values=True),
-                {k.lower(): v for k, v in headers.items()},
-            )
+        call = Call(
+            request.method,
+            request.path,
+            parse_qs(request.query_string, keep_blank_values=True),
+            {k.lower(): v for k, v in headers.items()},
         )
+        self.calls.append(call)
+        for imitation in self.imitate:
+            if not imitation.applies(call):
+                continue
+            if imitation.refuse is not None:
+                status, code = imitation.refuse
+                error = f"<Error><Code>{code}</Code><Message>imitated {code}</Message></Error>"
+                return web.Response(status=status, body=error.encode(), content_type="application/xml")
+            if imitation.ignore_header is not None:
+                headers = {k: v for k, v in headers.items() if k.lower() != imitation.ignore_header}
         if self._session is None:
             self._session = aiohttp.ClientSession(auto_decompress=False)
         async with self._session.request(

@@ -23,41 +23,12 @@ from streamproxy.errors import KeyExists, StorageFailed
 from streamproxy.parts import BufferPool
 from streamproxy.sinks.s3 import STAGING_DIR, S3Options, S3Sink
 from streamproxy.sinks.s3 import writer as writer_module
-from streamproxy.sinks.s3.capabilities import Capabilities
 from tests.conftest import s3_settings
 from tests.fake_s3 import FakeS3, error
 from tests.fake_s3 import write_recording as _write
+from tests.store_profiles import CAPABILITIES, FAKE, S3
 
 PART = 5 * 1024 * 1024
-
-FULL = Capabilities(
-    conditional_put=True,
-    conditional_complete=True,
-    checksums=frozenset({"md5", "crc32", "crc32c", "crc64nvme", "sha256"}),
-    tagging=True,
-    upload_part_copy=True,
-    list_multipart_uploads=True,
-    abort_multipart=True,
-    head_bucket=True,
-)
-CEPH16 = replace(FULL, conditional_complete=False, checksums=frozenset({"md5"}))
-SWIFT = replace(FULL, conditional_put=False, checksums=frozenset({"md5"}), tagging=False)
-S3RVER = replace(
-    FULL,
-    conditional_put=False,
-    conditional_complete=False,
-    checksums=frozenset(),
-    upload_part_copy=False,
-    list_multipart_uploads=False,
-    abort_multipart=False,
-)
-BEHAVIOUR: dict[str, dict[str, Any]] = {
-    "full": {},
-    "ceph16": {"conditional_complete": "ignore"},
-    "swift": {"conditional_put": "refuse", "tagging": False},
-    "s3rver": {"conditional_put": "ignore", "conditional_complete": "ignore", "part_copy": False, "abort": False},
-}
-CAPS = {"full": FULL, "ceph16": CEPH16, "swift": SWIFT, "s3rver": S3RVER}
 
 Make = Callable[..., Any]
 
@@ -68,9 +39,9 @@ async def make() -> AsyncIterator[Make]:
     started: list[tuple[S3Sink, BufferPool]] = []
 
     async def start(store: str, **settings: Any) -> tuple[FakeS3, S3Sink, BufferPool]:
-        fake = FakeS3(**BEHAVIOUR[store])
+        fake = FakeS3(**FAKE[store])
         options = S3Options.from_settings(s3_settings("http://127.0.0.1:9", "calls", part_size=PART, **settings))
-        sink = S3Sink(options, client_factory=fake.factory(), capabilities=CAPS[store])
+        sink = S3Sink(options, client_factory=fake.factory(), capabilities=CAPABILITIES[store])
         await sink.start()
         pool = BufferPool(PART, 8 * PART)
         started.append((sink, pool))
@@ -262,7 +233,7 @@ async def test_s3rver_does_not_call_abort_and_says_so_once(make: Make) -> None:
 
 
 async def test_full_object_crc64nvme_is_sent_and_reported(make: Make) -> None:
-    fake, sink, pool = await make("full", checksum="crc64nvme")
+    fake, sink, pool = await make("s3", checksum="crc64nvme")
     data = bytes(range(251)) * ((2 * PART + 13) // 251)
     writer = await sink.open("rec/o.wav", content_type="audio/wav", metadata={})
     await _write(pool, writer, data)
@@ -280,13 +251,13 @@ async def test_full_object_crc64nvme_is_sent_and_reported(make: Make) -> None:
 
 
 async def test_auto_takes_the_strongest_mode_the_store_verifies(make: Make) -> None:
-    fake, sink, pool = await make("full")  # all modes verified: full-object CRC64NVME
+    fake, sink, pool = await make("s3")  # all modes verified: full-object CRC64NVME
     writer = await sink.open("rec/p.wav", content_type="audio/wav", metadata={})
     await _write(pool, writer, b"one part")
     stored = await writer.complete()
     assert fake.of("PutObject")[0]["ChecksumCRC64NVME"] == _b64(crt.crc64nvme(b"one part").to_bytes(8, "big"))
     assert stored.checksum is not None and stored.checksum.type == FULL_OBJECT
-    sink.capabilities = replace(FULL, checksums=frozenset({"md5", "crc32c", "crc32"}))
+    sink.capabilities = replace(S3, checksums=frozenset({"md5", "crc32c", "crc32"}))
     writer = await sink.open("rec/q.wav", content_type="audio/wav", metadata={})
     await _write(pool, writer, b"one part")
     stored = await writer.complete()
@@ -294,7 +265,7 @@ async def test_auto_takes_the_strongest_mode_the_store_verifies(make: Make) -> N
 
 
 async def test_composite_crc32c_lists_each_part_and_reports_the_composite_value(make: Make) -> None:
-    fake, sink, pool = await make("full", checksum="crc32c")
+    fake, sink, pool = await make("s3", checksum="crc32c")
     data = b"k" * (PART + 100)
     writer = await sink.open("rec/r.wav", content_type="audio/wav", metadata={})
     await _write(pool, writer, data)
@@ -311,7 +282,7 @@ async def test_composite_crc32c_lists_each_part_and_reports_the_composite_value(
 
 
 async def test_crc32_single_put_value(make: Make) -> None:
-    fake, sink, pool = await make("full", checksum="crc32")
+    fake, sink, pool = await make("s3", checksum="crc32")
     writer = await sink.open("rec/s.wav", content_type="audio/wav", metadata={})
     await _write(pool, writer, b"abc")
     stored = await writer.complete()
@@ -322,7 +293,7 @@ async def test_crc32_single_put_value(make: Make) -> None:
 
 
 async def test_none_sends_and_reports_no_checksum(make: Make) -> None:
-    fake, sink, pool = await make("full", checksum="none")
+    fake, sink, pool = await make("s3", checksum="none")
     writer = await sink.open("rec/t.wav", content_type="audio/wav", metadata={})
     await _write(pool, writer, b"n" * (PART + 1))
     stored = await writer.complete()

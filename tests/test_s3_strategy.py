@@ -7,30 +7,12 @@ from dataclasses import replace
 import pytest
 
 from streamproxy.sinks.s3.adapt import is_aws, resolve_checksum, strategy
-from streamproxy.sinks.s3.capabilities import Capabilities
+from tests.store_profiles import CAPABILITIES
 
-FULL = Capabilities(
-    conditional_put=True,
-    conditional_complete=True,
-    checksums=frozenset({"md5", "crc32", "crc32c", "crc64nvme", "sha256"}),
-    tagging=True,
-    upload_part_copy=True,
-    list_multipart_uploads=True,
-    abort_multipart=True,
-    head_bucket=True,
-)
-# As measured (docs/storage-compatibility.md): each verifies MD5 only.
-CEPH16 = replace(FULL, conditional_complete=False, checksums=frozenset({"md5"}))
-SWIFT = replace(FULL, conditional_put=False, checksums=frozenset({"md5"}), tagging=False)
-S3RVER = replace(
-    FULL,
-    conditional_put=False,
-    conditional_complete=False,
-    checksums=frozenset(),
-    upload_part_copy=False,
-    list_multipart_uploads=False,
-    abort_multipart=False,
-)
+FULL = CAPABILITIES["s3"]
+CEPH16 = CAPABILITIES["ceph16"]
+SWIFT = CAPABILITIES["swift"]
+S3RVER = CAPABILITIES["s3rver"]
 
 
 @pytest.mark.parametrize(
