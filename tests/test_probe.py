@@ -245,3 +245,22 @@ def test_load_pin_choices(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read"):
         load_pin(str(path))
+
+
+async def test_a_server_error_fails_the_probe_instead_of_reading_as_missing(client, bucket, s3) -> None:
+    """A 500 (after retries) says nothing about tagging: the probe fails, and cleans up what it wrote."""
+
+    class Failing(Store):
+        def __getattr__(self, name: str) -> Any:
+            method = super().__getattr__(name)
+            if name != "put_object_tagging":
+                return method
+
+            async def call(**kwargs: Any) -> Any:
+                raise _refused(name, "InternalError", 500)
+
+            return call
+
+    with pytest.raises(ProbeError, match="PutObjectTagging: InternalError"):
+        await probe(Failing(client), bucket, "rec/")
+    assert objects(s3, bucket) == {} and incomplete_uploads(s3, bucket) == []

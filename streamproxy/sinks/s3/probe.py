@@ -120,7 +120,15 @@ class _Probe:
         """Call ``operation`` (its S3 name, as in the IAM policy) on the bucket; errors stay botocore's."""
         snake = "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
         method: Callable[..., Awaitable[dict[str, Any]]] = getattr(self.client, snake)
-        return await method(Bucket=self.bucket, **kwargs)
+        try:
+            return await method(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            # A server error (after botocore's retries) says nothing about the feature: reading it as
+            # "missing" would weaken the strategy for good, so the probe fails instead. 501 is an answer.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 and status != 501:
+                raise ProbeError(operation, exc) from exc
+            raise
 
     async def put(self, name: str, **kwargs: Any) -> dict[str, Any]:
         key = self.key(name)
