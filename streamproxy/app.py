@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from .auth import GUARDS, Guard, Guards
 from .config import Settings
+from .connections import CONNECTIONS, ConnectionStats
 from .handlers import (
     INGEST,
     ROUTE_INGESTS,
@@ -59,6 +60,8 @@ def make_app(
     app[POOL] = pool
     app[ADMISSION] = admission
     app[METRICS] = metrics
+    app[CONNECTIONS] = ConnectionStats()
+    metrics.track_connections(app[CONNECTIONS], settings.max_connections)
     app[READINESS] = Readiness(sink, admission, metrics)
     app[INGEST] = _ingest(settings, sink, pool, metrics)
     app[GUARDS] = Guards()

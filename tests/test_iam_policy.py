@@ -15,8 +15,8 @@ ACTION_FOR = {
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",
     "UploadPartCopy": "s3:PutObject",
-    "CopyObject": "s3:PutObject",  # the staged move where UploadPartCopy is missing (source read: s3:GetObject)
     "CompleteMultipartUpload": "s3:PutObject",
+    "CopyObject": "s3:PutObject",  # no UploadPartCopy (s3rver): the staged object's read is s3:GetObject
     "AbortMultipartUpload": "s3:AbortMultipartUpload",
     "HeadObject": "s3:GetObject",
     "GetObject": "s3:GetObject",

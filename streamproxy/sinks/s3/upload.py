@@ -174,7 +174,7 @@ class MultipartUpload:
         )
         operation = "CompleteMultipartUpload"
         await final_write(
-            operation,
+            "CompleteMultipartUpload",
             self._s3,
             self.key,
             kwargs,
