@@ -128,6 +128,8 @@ class Bench:
         return [
             PY, "-m", "streamproxy", "serve", "--port", str(port), "--storage", f"s3://{BUCKET}/",
             "--s3-endpoint-url", endpoint or self.endpoint, "--log-level", "warning", "--log-format", "json",
+            # the stand-in plays AWS S3: measure the streaming path, not a start-up probe of the stand-in
+            "--s3-capabilities", "aws",
             "--max-upload-bytes", "16GiB", *extra,
         ]  # fmt: skip
 

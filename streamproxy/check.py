@@ -9,6 +9,7 @@ credentials line names their source and shows the access key id masked.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .config import MIB, Settings
-from .errors import KeyExists, StorageError
+from .errors import ConfigError, KeyExists, StorageError
 from .notify.targets import ping
 from .sinks.fs import TEMP_PREFIX, TEMP_SUFFIX
 from .wiring import build_notify_hub, build_s3_sink
@@ -58,6 +59,7 @@ class _Report:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.problems: list[str] = []
+        self.wrote = False  # the capability probe wrote (and removed) objects: writes were tested
 
     def fact(self, name: str, value: str) -> None:
         print(f"  {name:<12} {value}", file=self.out)
@@ -67,6 +69,12 @@ class _Report:
 
     def skip(self, what: str) -> None:
         print(f"--    {what}", file=self.out)
+
+    def warn(self, what: str) -> None:
+        print(f"warn  {what}", file=self.out)
+
+    def line(self, text: str) -> None:
+        print(f"        {text}", file=self.out)
 
     def fail(self, what: str, error: StorageError | KeyExists | str) -> None:
         if isinstance(error, str):
@@ -95,7 +103,7 @@ async def run_check(settings: Settings, out: TextIO = sys.stdout) -> int:
     if report.problems:
         print(f"verdict: FAILED ({len(report.problems)} problem(s): {', '.join(report.problems)})", file=out)
         return 1
-    tested = "" if settings.write_probe else " (writes not tested: add --write-probe)"
+    tested = "" if settings.write_probe or report.wrote else " (writes not tested: add --write-probe)"
     print(f"verdict: OK, streamproxy can store recordings in {settings.storage}{tested}", file=out)
     return 0
 
@@ -142,25 +150,103 @@ async def _check_s3(settings: Settings, report: _Report) -> None:
     label = _CREDENTIAL_SOURCES.get(credentials.method, credentials.method)
     report.ok(f"credentials: from {label}, access key {masked}" + (", with session token" if frozen.token else ""))
 
-    sink = build_s3_sink(settings)
+    sink = build_s3_sink(settings, probe=False)  # the probe runs below, as its own step
     bucket, prefix = settings.storage.bucket, settings.storage.prefix
     await sink.start()
     try:
         try:
-            await sink.admin.probe()
+            answered = await sink.admin.probe()
         except StorageError as exc:
             report.fail("bucket", exc)
             return
-        report.ok(f"bucket: {bucket!r} exists and answers (listed incomplete uploads under {prefix or '/'!r})")
+        how = f"listed incomplete uploads under {prefix or '/'!r}" if answered == "ListMultipartUploads" else answered
+        report.ok(f"bucket: {bucket!r} exists and answers ({how})")
+        if not await _capabilities(sink, settings, report):
+            return
         await _object_lock(sink, settings, report)
         if not settings.write_probe:
             report.skip("write: not tested (add --write-probe to put and delete a probe object)")
             return
         key = f"{prefix}{STAGING_DIR}check-{uuid.uuid4().hex}"
         await _step(report, "write", f"put and deleted {key!r}", _put_delete(sink, bucket, key))
-        await _step(report, "multipart", "created and aborted a multipart upload", _create_abort(sink, bucket, key))
+        if sink.capabilities is not None and not sink.capabilities.abort_multipart:
+            # an upload created here could never be removed; the probe completed multipart uploads already
+            report.skip("multipart: not created (this store has no AbortMultipartUpload to remove it again)")
+        else:
+            await _step(report, "multipart", "created and aborted a multipart upload", _create_abort(sink, bucket, key))
     finally:
         await sink.close()
+
+
+async def _capabilities(sink: S3Sink, settings: Settings, report: _Report) -> bool:
+    """Learn what the store supports as ``serve`` would, print it, and judge the flags against it.
+
+    Returns False when nothing more can be checked (the store could not be probed).
+    """
+    from .sinks.s3.adapt import resolve_checksum, strategy
+    from .sinks.s3.pin import capabilities_to_json
+    from .sinks.s3.probe import PROBE_DIR, capability_rows
+
+    refused: ConfigError | None = None
+    try:
+        await sink.learn_capabilities()
+    except StorageError as exc:
+        report.fail("capabilities", exc)
+        return False
+    except ConfigError as exc:  # --checksum or --require-conditional-writes cannot be met: serve would stop
+        refused = exc
+    caps = sink.learned
+    assert caps is not None  # learn_capabilities either learns them or raises StorageError
+    probe_report = sink.probe_report
+    if probe_report is not None:
+        report.wrote = True
+        report.ok(f"capabilities: probed under {settings.storage.prefix}{PROBE_DIR} (probe objects removed)")
+    elif settings.s3_capabilities == "aws":
+        report.ok("capabilities: assumed as AWS S3 documents them (--s3-capabilities aws; not probed)")
+    else:
+        report.ok(f"capabilities: pinned from {settings.s3_capabilities} (not probed)")
+    for feature, state, evidence in capability_rows(caps, probe_report.evidence if probe_report else None):
+        report.line(f"{feature:<36} {state:<9} {evidence}".rstrip())
+    if probe_report is not None and probe_report.leftovers:
+        report.warn(f"probe leftovers the store would not let go: {'; '.join(probe_report.leftovers)}")
+    plan = strategy(caps, overwrite=settings.overwrite, checksum=settings.checksum, endpoint_url=settings.endpoint_url)
+    protection = {
+        "store-enforced": "store-enforced (the store refuses to replace an existing key)",
+        "best-effort": "best-effort (HeadObject checks under a per-key lock: safe within one server, "
+        "a race remains across several; see docs/storage-compatibility.md)",
+        "none": "none (--overwrite: a later upload replaces the recording)",
+    }[plan.protection]
+    report.line(f"duplicate protection: {protection}")
+    if refused is not None and str(refused).startswith("--require-conditional-writes"):
+        report.fail("duplicate protection", str(refused))
+    elif refused is not None:
+        report.fail("checksum", str(refused))
+    else:
+        mode = (
+            sink.strategy.checksum
+            if sink.capabilities is None
+            else resolve_checksum(settings.checksum, caps, settings.endpoint_url)
+        )
+        chosen = f"--checksum {settings.checksum}" + (f" ({mode})" if mode != settings.checksum else "")
+        if mode == "none":
+            report.warn(f"checksum: {chosen}: parts go without an integrity check the store verifies")
+        elif mode in caps.checksums:
+            report.ok(f"checksum: {chosen}, verified by the store")
+        else:
+            verified = ", ".join(sorted(caps.checksums)) or "none"
+            report.warn(
+                f"checksum: {chosen} is accepted but NOT verified by this store, so it protects nothing "
+                f"here (verified: {verified})"
+            )
+    if settings.save_capabilities:
+        text = json.dumps(capabilities_to_json(caps), indent=2) + "\n"
+        try:
+            await asyncio.to_thread(Path(settings.save_capabilities).write_text, text, encoding="utf-8")
+        except OSError as exc:
+            report.fail("save capabilities", f"cannot write {settings.save_capabilities}: {exc}")
+        else:
+            report.ok(f"capabilities saved to {settings.save_capabilities} (serve --s3-capabilities FILE pins them)")
+    return True
 
 
 async def _object_lock(sink: S3Sink, settings: Settings, report: _Report) -> None:

@@ -197,6 +197,13 @@ def _storage_options(options: _Options) -> None:
     options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
     options.add("--presign-expires", _seconds, DEFAULT_PRESIGN_EXPIRES, "lifetime of presigned links (at most 7d)")
     options.add("--s3-ca-bundle", str, None, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)")
+    options.add(
+        "--s3-capabilities",
+        str,
+        "probe",
+        "what the store supports: probe it at start (probe), assume AWS S3's documented set (aws), "
+        "or a JSON file written by check --save-capabilities",
+    )
 
 
 def _security_options(options: _Options) -> None:
@@ -290,6 +297,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
     _storage_options(check_options)
     check_options.add("--write-probe", _flag_bool, False, "also put and delete a probe object (and multipart upload)")
     _notify_options(check_options)
+    check_options.add(
+        "--save-capabilities", str, None, "write the probed capabilities to this JSON file (for --s3-capabilities)"
+    )
     _log_options(check_options)
 
     notify = commands.add_parser("notify", help="list, retry or drop notification dead letters, then exit")

@@ -251,6 +251,8 @@ class Settings:
     notify_list: bool = False
     notify_retry: tuple[str, ...] = ()
     notify_drop: tuple[str, ...] = ()
+    s3_capabilities: str = "probe"  # probe at start, "aws" (assume AWS's documented set) or a JSON file (pinned)
+    save_capabilities: str | None = None  # check: write the probed capabilities to this JSON file
 
     def __post_init__(self) -> None:
         self.validate()
@@ -447,6 +449,13 @@ class Settings:
                 f"--tag/--tag-field: {len(tag_keys)} tags; S3 allows 10 and streamproxy writes "
                 f"{', '.join(RESERVED_TAGS)}, so at most {MAX_CONFIGURED_TAGS}"
             )
+        if self.storage.scheme == "s3" and self.s3_capabilities != "probe":
+            from .sinks.s3.pin import load_pin  # botocore-free; only loaded for an s3:// storage
+
+            try:
+                load_pin(self.s3_capabilities)
+            except ValueError as exc:
+                raise ConfigError(f"--s3-capabilities {self.s3_capabilities}: {exc}") from None
         if self.storage.scheme != "s3":
             s3_only: dict[str, object] = {
                 "--sse": self.sse,

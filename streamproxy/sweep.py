@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from .config import Settings
 from .errors import StorageError
 from .sinks import SweepItem
+from .sinks.s3.admin import LIFECYCLE_RULE, UNLISTED_UPLOADS
 from .wiring import build_sink
 
 __all__ = ["KINDS", "format_age", "run_sweep", "write_metrics"]
@@ -50,7 +51,7 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     older_than = settings.older_than
     dry = " (dry run: nothing is removed)" if settings.dry_run else ""
     print(f"streamproxy sweep: {settings.storage}, leftovers older than {format_age(older_than)}{dry}", file=out)
-    sink = build_sink(settings)
+    sink = build_sink(settings, probe=False)  # sweeping needs no capability probe (and writes nothing)
     try:
         await sink.start()
         items = await sink.sweep(older_than, dry_run=settings.dry_run)
@@ -61,6 +62,14 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
         return 1
     finally:
         await sink.close()
+    for item in [i for i in items if i.kind == UNLISTED_UPLOADS]:
+        print(
+            f"note          this store cannot list incomplete multipart uploads ({item.error}), so sweep cannot "
+            f"abort them: add the bucket lifecycle rule {LIFECYCLE_RULE} (AbortIncompleteMultipartUpload), "
+            "or rely on the store's own cleanup",
+            file=out,
+        )
+    items = [i for i in items if i.kind != UNLISTED_UPLOADS]
     if settings.metrics_file:
         write_metrics(settings.metrics_file, items)
     failed = 0

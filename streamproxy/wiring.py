@@ -17,15 +17,18 @@ from .sinks.s3 import S3Options, S3Sink
 __all__ = ["build_notify_hub", "build_s3_sink", "build_sink"]
 
 
-def build_s3_sink(settings: Settings) -> S3Sink:
-    """Build the S3 sink for ``settings`` (an ``s3://`` storage; not started yet)."""
-    return S3Sink(S3Options.from_settings(settings))
+def build_s3_sink(settings: Settings, *, probe: bool = True) -> S3Sink:
+    """Build the S3 sink for ``settings`` (an ``s3://`` storage; not started yet).
+
+    ``probe=False``: the sink learns no capabilities at start unless they are pinned (``sweep``).
+    """
+    return S3Sink(S3Options.from_settings(settings), probe=probe)
 
 
-def build_sink(settings: Settings) -> Sink:
+def build_sink(settings: Settings, *, probe: bool = True) -> Sink:
     """Build the sink that ``settings.storage`` names (not started yet)."""
     if settings.storage.scheme == "s3":
-        return build_s3_sink(settings)
+        return build_s3_sink(settings, probe=probe)
     return FileSink(settings.storage.path, overwrite=settings.overwrite)
 
 

@@ -111,6 +111,8 @@ def s3_settings(moto_endpoint: str | None, bucket: str, prefix: str = "rec/", **
         s3_endpoint_url=moto_endpoint,
         part_size=PART,
         max_buffer_bytes=8 * PART,
+        # moto has every feature AWS documents; the probe itself is tested in test_probe.py and tests/compat/
+        s3_capabilities="aws",
     )
     values.update(overrides)
     return Settings(**values)

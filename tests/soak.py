@@ -278,6 +278,8 @@ async def _run(endpoint: str, s3: Any, bucket: str, cfg: SoakConfig) -> SoakRepo
         *("--storage", f"s3://{bucket}/", "--s3-endpoint-url", endpoint, "--part-size", "5MiB"),
         *("--max-buffer-bytes", "40MiB", "--part-concurrency", "2"),
         *("--max-concurrent-uploads", str(cfg.max_concurrent), "--log-level", "warning"),
+        # moto behind the fault proxy: the soak is about faults during uploads, not the start-up probe
+        *("--s3-capabilities", "aws"),
     ]
     started = time.monotonic()
     with tempfile.TemporaryFile() as log, streamproxy_server(args, log=log) as (proc, base):

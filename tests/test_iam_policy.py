@@ -52,8 +52,9 @@ def _granted() -> dict[str, list[str]]:
     for statement in POLICY["Statement"]:
         assert statement["Effect"] == "Allow"
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         for action in actions:
-            grants.setdefault(action, []).append(statement["Resource"])
+            grants.setdefault(action, []).extend(resources)
     return grants
 
 
@@ -85,6 +86,7 @@ def test_policy_is_least_privilege() -> None:
     }
     assert granted["s3:DeleteObject"] == [
         "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-staging/*",
+        "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-probe/*",
         "arn:aws:s3:::RECORDINGS-BUCKET/calls/.streamproxy-outbox/*",
     ]
     for action in ("s3:PutObject", "s3:GetObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"):

@@ -30,3 +30,10 @@ class Capabilities:
     abort_multipart: bool  # AbortMultipartUpload removes the upload
     head_bucket: bool  # HeadBucket
     probed: bool = True  # False: pinned or assumed by the operator instead of probed
+    # Added with the probe (stores branch). `checksums` holds the modes the store accepts *and* verifies
+    # (it refuses a wrong value): only those protect a recording, so only those count for --checksum auto.
+    # This holds every mode the store accepts at all, verified or not: Ceph 16 accepts CRC and SHA256
+    # headers without checking them, s3rver and moto check nothing, not even Content-MD5. An explicit
+    # --checksum outside this set is refused at start; one inside it but outside `checksums` works
+    # without protection.
+    accepted_checksums: frozenset[str] = frozenset()

@@ -49,6 +49,7 @@ class S3Options:
     object_lock_days: int | None
     object_lock_legal_hold: bool
     tags: tuple[tuple[str, str], ...]
+    s3_capabilities: str  # "probe", "aws" or a pinned JSON file (sinks.s3.pin)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> S3Options:

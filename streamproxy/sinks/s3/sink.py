@@ -12,9 +12,12 @@ from .. import SweepItem
 from .adapt import STORE_ENFORCED, Strategy, protection_gaps, strategy
 from .admin import S3Admin
 from .capabilities import Capabilities
-from .client import ClientFactory, S3Client, aiobotocore_client
+from .client import ClientFactory, S3Client, aiobotocore_client, map_error
 from .options import S3Options
 from .outbox import S3Outbox
+from .pin import AWS_DOCUMENTED, load_pin
+from .probe import ProbeError, ProbeReport, log_fields
+from .probe import probe as probe_capabilities
 from .writer import S3Writer
 
 __all__ = ["S3Sink"]
@@ -31,11 +34,17 @@ class S3Sink:
         *,
         client_factory: ClientFactory = aiobotocore_client,
         capabilities: Capabilities | None = None,
+        probe: bool = True,
     ) -> None:
         self.options = options
         self.description = f"s3://{options.bucket}/{options.prefix}"
         self.client = S3Client(options, client_factory)
         self.admin = S3Admin(self.client)
+        self.probe_report: ProbeReport | None = None  # the evidence, when start() probed
+        # What start() learned, even when adopting it failed (check prints it either way).
+        self.learned: Capabilities | None = None
+        self._probe = probe  # False: a tool that needs no capabilities (sweep) writes no probe objects
+        # Given (tests), pinned (--s3-capabilities aws|FILE) or probed in start(); the writer adapts to it.
         self._capabilities: Capabilities | None = None
         self._strategy = strategy(
             None, overwrite=options.overwrite, checksum=options.checksum, endpoint_url=options.endpoint_url
@@ -85,8 +94,51 @@ class S3Sink:
         self.client.observe = hook
 
     async def start(self) -> None:
-        """Create the client; its connection pool is sized for every part the budget can hold."""
+        """Create the client, then learn what the store supports (probe, unless given or pinned).
+
+        Raises ``StorageError`` when the store cannot be probed at all (unreachable, no bucket, no
+        write right) and ``ConfigError`` when ``--checksum`` names a mode this store refuses: either
+        way ``serve`` would fail every upload, so it stops at start with the reason instead.
+        """
         await self.client.start()
+        try:
+            await self.learn_capabilities(probe=self._probe)
+        except BaseException:
+            await self.client.close()
+            raise
+
+    async def learn_capabilities(self, *, probe: bool = True) -> None:
+        """Take the given or pinned capabilities, or probe the store (``probe``); see ``start`` for errors."""
+        if self.capabilities is None and self.options.s3_capabilities == "aws":
+            # Assumed, not known: the writers follow S3 as documented (as before any probe existed),
+            # and --checksum auto resolves as for a store never probed (adapt.resolve_checksum).
+            self.learned = AWS_DOCUMENTED
+            log.info("storage_capabilities", storage=self.description, **log_fields(AWS_DOCUMENTED), leftovers=[])
+            return
+        given = self.capabilities
+        caps = given or load_pin(self.options.s3_capabilities)
+        if caps is None:
+            if not probe:
+                return
+            try:
+                self.probe_report = await probe_capabilities(self.client.raw, self.options.bucket, self.options.prefix)
+            except ProbeError as exc:
+                raise map_error(f"capability probe ({exc.step})", exc.error) from exc
+            caps = self.probe_report.capabilities
+        self.learned = self.admin.capabilities = caps
+        log.info(
+            "storage_capabilities",
+            storage=self.description,
+            **log_fields(caps),
+            leftovers=self.probe_report.leftovers if self.probe_report else [],
+        )
+        mode = self.options.checksum
+        if mode not in ("none", "auto") and mode not in caps.accepted_checksums | caps.checksums:
+            evidence = self.probe_report.evidence.get(f"checksum_{mode}", "") if self.probe_report else "pinned"
+            usable = ", ".join(sorted(caps.accepted_checksums | caps.checksums)) or "none"
+            raise ConfigError(f"--checksum {mode}: {self.description} does not take it ({evidence}); use {usable}")
+        if caps is not given:  # decides the writers' strategy; refuses --require-conditional-writes it cannot meet
+            self.capabilities = caps
 
     async def close(self) -> None:
         """Close the client and its connections."""
