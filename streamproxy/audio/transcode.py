@@ -240,9 +240,10 @@ class Transcoder:
             self._start(SourceFormat(source.codec or "mulaw", 1, 8000, 8))
         elif source.kind == "wav" and not source.reason:
             self._probe = WavProbe()
-            if source.codec and source.channels and source.sample_rate and source.bits_per_sample:
+            if source.codec and source.channels and source.sample_rate:
                 # Known from the sniffed bytes: fail now (415 before a byte is stored) and fix header_size.
-                self._start(SourceFormat(source.codec, source.channels, source.sample_rate, source.bits_per_sample))
+                bits = source.bits_per_sample or 0  # 0 in the header of GSM and other compressed WAVs
+                self._start(SourceFormat(source.codec, source.channels, source.sample_rate, bits))
         else:
             raise UnsupportedAudio(f"cannot transcode {source.format} input to {target}")
 
@@ -337,7 +338,9 @@ class Transcoder:
             self._pcm16 = av.AudioResampler(format="s16", layout=layout, rate=self._rate)
             self.header_size = 0
             return
-        container = av.open(self._out, "w", format=muxer)
+        # bitexact: no random Ogg serial number and no library version in the headers, so the same
+        # recording always gives the same bytes (and the same sha256) whatever the PyAV build.
+        container = av.open(self._out, "w", format=muxer, container_options={"fflags": "+bitexact"})
         if muxer == "mp3":  # no ID3v2 tag: the Info frame is all a player needs
             container.options.update({"id3v2_version": "0"})
         options = {"application": "voip"} if self.target == "opus" else None
