@@ -182,21 +182,32 @@ def test_opus_holds_nothing_back(sources: dict[str, Path]) -> None:
     assert encoder.feed(memoryview(data)).startswith(b"OggS")
 
 
-def test_a_wav_header_longer_than_the_sniffed_bytes(sources: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["opus", "wav-pcm16"])
+def test_a_wav_header_longer_than_the_sniffed_bytes(sources: dict[str, Path], tmp_path: Path, target: str) -> None:
     """Classification sees only the first 4 KiB; a long chunk before the samples is read by the transcoder itself."""
-    data = sources["pcm16-wav-8k"].read_bytes()
+    long = _long_header(sources["pcm16-wav-8k"].read_bytes())
+    arrival = classify(long[:SNIFF_BYTES], Hints(), raw_audio="none")
+    assert arrival.kind == "wav" and arrival.codec is None
+    stored, encoder = transcode(long, arrival, target)
+    assert encoder.header_size == 0
+    out = tmp_path / f"long{EXTENSIONS[target]}"
+    out.write_bytes(stored)
+    assert abs(probe(out).decoded_duration - SECONDS) <= TOLERANCE
+
+
+@pytest.mark.parametrize("target", ["mp3", "flac"])
+def test_a_long_wav_header_is_refused_where_the_header_size_needs_it(sources: dict[str, Path], target: str) -> None:
+    long = _long_header(sources["pcm16-wav-8k"].read_bytes())
+    with pytest.raises(UnsupportedAudio, match="first 4096 bytes"):
+        Transcoder(classify(long[:SNIFF_BYTES], Hints(), raw_audio="none"), target)
+
+
+def _long_header(data: bytes) -> bytes:
+    """``data`` with a 6000-byte JUNK chunk between ``fmt `` and ``data``."""
     fmt_end = 12 + 8 + struct.unpack("<I", data[16:20])[0]
     junk = b"JUNK" + struct.pack("<I", 6000) + bytes(6000)
     riff_size = struct.unpack("<I", data[4:8])[0] + len(junk)
-    long = data[:4] + struct.pack("<I", riff_size) + data[8:fmt_end] + junk + data[fmt_end:]
-    arrival = classify(long[:SNIFF_BYTES], Hints(), raw_audio="none")
-    assert arrival.kind == "wav" and arrival.codec is None
-    encoder = Transcoder(arrival, "flac")
-    assert encoder.header_size is None
-    stored, encoder = transcode(long, arrival, "flac")
-    out = tmp_path / "long.flac"
-    out.write_bytes(stored)
-    assert abs(probe(out).decoded_duration - SECONDS) <= TOLERANCE
+    return data[:4] + struct.pack("<I", riff_size) + data[8:fmt_end] + junk + data[fmt_end:]
 
 
 def test_chunks_after_the_samples_are_not_audio(sources: dict[str, Path], tmp_path: Path) -> None:
@@ -239,7 +250,7 @@ def test_a_wav_header_that_turns_out_broken_is_refused(tmp_path: Path) -> None:
     """A header longer than the sniffed bytes whose fmt chunk is impossible: refused while feeding, not stored."""
     bad = b"RIFF" + struct.pack("<I", 100_000) + b"WAVE" + b"JUNK" + struct.pack("<I", 5000) + bytes(5000)
     bad += b"fmt " + struct.pack("<I", 16) + struct.pack("<HHIIHH", 1, 0, 8000, 16000, 2, 16)
-    encoder = Transcoder(classify(bad[:SNIFF_BYTES], Hints(), raw_audio="none"), "mp3")
+    encoder = Transcoder(classify(bad[:SNIFF_BYTES], Hints(), raw_audio="none"), "opus")
     with pytest.raises(UnsupportedAudio, match="zero channels"):
         encoder.feed(memoryview(bad))
 

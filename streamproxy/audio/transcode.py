@@ -38,6 +38,7 @@ import av.error
 
 from ..wav import WavProbe
 from . import TRANSCODED_FORMATS, AudioFacts
+from .formats import SNIFF_BYTES
 
 if TYPE_CHECKING:
     from av.audio.codeccontext import AudioCodecContext
@@ -210,8 +211,8 @@ class Transcoder:
 
     ``source`` is what the classification found. For headerless G.711 it is complete; for a WAV
     file its details may be missing (a header longer than the sniffed bytes), and are then read
-    from the WAV header as it arrives. ``header_size`` is known from the start whenever the
-    source's format is (it is ``None`` until then, and always before ``feed`` first returns bytes).
+    from the WAV header as it arrives: ``wav-pcm16`` and ``opus`` hold no header and work the
+    same; ``mp3`` and ``flac`` refuse, because ``header_size`` must be known from the start.
     """
 
     def __init__(self, source: Arrival, target: str, *, bitrate: int | None = None) -> None:
@@ -244,6 +245,12 @@ class Transcoder:
                 # Known from the sniffed bytes: fail now (415 before a byte is stored) and fix header_size.
                 bits = source.bits_per_sample or 0  # 0 in the header of GSM and other compressed WAVs
                 self._start(SourceFormat(source.codec, source.channels, source.sample_rate, bits))
+            elif target in ("mp3", "flac"):
+                # Their header's size depends on the rate and channels, and the stream reserves it
+                # before the first sample: a WAV header longer than the sniffed bytes leaves it unknown.
+                raise UnsupportedAudio(
+                    f"its WAV header does not end within the first {SNIFF_BYTES} bytes; {target} needs it there"
+                )
         else:
             raise UnsupportedAudio(f"cannot transcode {source.format} input to {target}")
 
