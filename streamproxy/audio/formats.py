@@ -323,8 +323,9 @@ def plan(arrival: Arrival, store_format: str) -> Plan:
         target = _TRANSCODED_AS[store_format]
         if store_format != "wav-pcm16" or kind == "g711" or _is_8bit_wav(arrival):
             ext, content_type = _STORED_AS[target]
-            header = "pcm16" if store_format == "wav-pcm16" else None
-            return Plan(arrival, store_format, ext, content_type, header=header, transcode=store_format)
+            if store_format == "wav-pcm16":
+                return Plan(arrival, store_format, ext, content_type, header="pcm16", transcode=store_format)
+            return Plan(arrival, store_format, ext, content_type, transcode=store_format)
     if kind == "g711":  # store_format "wav"
         return Plan(arrival, store_format, ".wav", "audio/wav", header="g711")
     return unchanged
