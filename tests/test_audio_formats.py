@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproxy.audio.formats import Hints, classify, plan, strip_audio_extension
+from streamproxy.audio.formats import Hints, classify, plan, stored_type, strip_audio_extension
 from streamproxy.wav import G711_HEADER_SIZE, PCM16_HEADER_SIZE, WavProbe, g711_header, pcm16_header
 from tests.audio_tools import g711, soxi, tool
 
@@ -224,3 +224,12 @@ def test_sox_reads_g711_behind_the_header(tmp_path: Path, law: str, encoding: st
     assert facts["channels"] == "1" and facts["rate"] == "8000"
     assert encoding in facts["encoding"].lower()
     assert int(facts["samples"]) == len(raw)
+
+
+def test_stored_type_follows_the_format_or_keeps_the_clients_for_unknown_bytes() -> None:
+    mulaw = plan(classify(ULAW, Hints(), raw_audio="ulaw"), "wav")
+    assert stored_type(mulaw, "audio/x-whatever") == "audio/wav"
+    unknown = plan(classify(ULAW, Hints(), raw_audio="none"), "wav")
+    assert stored_type(unknown, "audio/wav; rate=8000") == "audio/wav"
+    assert stored_type(unknown, "application/octet-stream") == "application/octet-stream"
+    assert stored_type(unknown, None) == "application/octet-stream"

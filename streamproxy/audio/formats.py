@@ -32,6 +32,7 @@ __all__ = [
     "Plan",
     "classify",
     "plan",
+    "stored_type",
     "strip_audio_extension",
 ]
 
@@ -333,3 +334,14 @@ def plan(arrival: Arrival, store_format: str) -> Plan:
 
 def _is_8bit_wav(arrival: Arrival) -> bool:
     return arrival.codec in ("mulaw", "alaw") or (arrival.codec == "pcm" and arrival.bits_per_sample == 8)
+
+
+def stored_type(chosen: Plan, declared: str | None) -> str:
+    """The Content-Type to store: the stored format's, or for bytes of unknown format the client's own.
+
+    A generic or missing declared type gives ``application/octet-stream``.
+    """
+    if chosen.arrival.kind not in ("headerless", "other"):
+        return chosen.content_type
+    media = _media(declared)
+    return media if media and media != "application/octet-stream" else chosen.content_type
