@@ -337,7 +337,7 @@ def _is_8bit_wav(arrival: Arrival) -> bool:
 
 
 def stored_type(chosen: Plan, declared: str | None) -> str:
-    """The Content-Type to store: the stored format's, or for bytes of unknown format the client's own.
+    """Return the Content-Type to store: the format's, or for bytes of unknown format the client's own.
 
     A generic or missing declared type gives ``application/octet-stream``.
     """
