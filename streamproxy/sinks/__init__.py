@@ -31,7 +31,17 @@ from typing import Protocol, runtime_checkable
 from ..config import Settings
 from ..parts import PartBuffer
 
-__all__ = ["HeadLast", "HeaderPatching", "Sink", "Stored", "SweepItem", "Writer", "build_sink"]
+__all__ = [
+    "HeadLast",
+    "HeadLastWriter",
+    "HeaderPatching",
+    "PatchingWriter",
+    "Sink",
+    "Stored",
+    "SweepItem",
+    "Writer",
+    "build_sink",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,14 @@ class HeadLast(Protocol):
 
         ``complete`` then reads back what follows part 1 to hash the stored bytes.
         """
+
+
+class HeadLastWriter(Writer, HeadLast, Protocol):
+    """A writer that takes part 1 last."""
+
+
+class PatchingWriter(Writer, HeaderPatching, Protocol):
+    """A writer that patches its first bytes in place."""
 
 
 class Sink(Protocol):
