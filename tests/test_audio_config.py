@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from streamproxy.audio import load_encoders
 from streamproxy.cli import settings_from_args
 from streamproxy.config import DEFAULT_ACCEPT_TYPES, ConfigError
 from streamproxy.routes import route_settings
@@ -79,12 +81,9 @@ def test_per_route_keys(tmp_path: Path) -> None:
     assert (b.raw_audio, b.store_format, b.audio_bitrate, b.require_audio) == ("ulaw", "wav", None, False)
 
 
-def test_transcoding_without_the_extra_is_refused_at_start() -> None:
-    try:
-        import streamproxy.audio.transcode  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the transcoder is installed: its own tests cover --store-format mp3")
+def test_transcoding_without_the_extra_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "streamproxy.audio.transcode", None)  # as if the extra were not installed
+    with pytest.raises(ImportError, match="transcode"):
+        load_encoders()
     with pytest.raises(ConfigError, match=r"--store-format mp3: transcoding needs the 'transcode' extra"):
         settings_from_args(["serve", "--store-format", "mp3"])

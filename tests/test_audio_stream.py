@@ -252,3 +252,15 @@ async def test_many_headerless_uploads_through_a_two_part_budget_do_not_deadlock
 async def test_a_one_part_budget_cannot_hold_a_head() -> None:
     with pytest.raises(ValueError, match="two parts"):
         await _run(MemorySink(), bytes(3 * PART), pool=BufferPool(PART, PART))
+
+
+class _Broken(UlawToPcm16):
+    def feed(self, data: memoryview) -> bytes:
+        raise ValueError("Invalid data found when processing input")
+
+
+async def test_an_encoder_that_cannot_decode_is_a_415_and_nothing_stays() -> None:
+    sink = MemorySink()
+    with pytest.raises(UnsupportedMediaType, match="cannot be decoded: Invalid data"):
+        await _run(sink, bytes(20000), policy=AudioPolicy(store_format="mp3", encoders=_Broken))
+    assert sink.objects == {} and sink.aborted == 1

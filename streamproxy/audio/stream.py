@@ -187,10 +187,15 @@ class AudioStream:
         if not data:
             return
         if self._encoder is not None:
-            encoded = await asyncio.to_thread(self._encode, memoryview(data), False)
-            await self._cut(encoded)
+            await self._cut(await self._encoded(memoryview(data), last=False))
         else:
             await self._cut(data)
+
+    async def _encoded(self, data: memoryview, *, last: bool) -> bytes:
+        try:
+            return await asyncio.to_thread(self._encode, data, last)
+        except ValueError as exc:  # the decoder's verdict on bytes it cannot read (PyAV's errors are ValueErrors)
+            raise UnsupportedMediaType(f"the recording cannot be decoded: {exc}") from None
 
     def _encode(self, data: memoryview, last: bool) -> bytes:
         """Hash the received bytes and encode them; runs in a worker thread, one call at a time."""
@@ -271,7 +276,7 @@ class AudioStream:
         assert chosen is not None and self.writer is not None
         facts: AudioFacts | None = None
         if self._encoder is not None:
-            await self._cut(await asyncio.to_thread(self._encode, memoryview(b""), True))
+            await self._cut(await self._encoded(memoryview(b""), last=True))
             facts = self._encoder.facts()
         pad = 0
         if chosen.header == "g711" and self._output & 1:
