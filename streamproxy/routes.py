@@ -22,7 +22,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_KEY_TEMPLATE, DEFAULT_PRESIGN_EXPIRES, ConfigError, StorageURI, parse_duration
+from .audio import DEFAULT_RAW_AUDIO, DEFAULT_STORE_FORMAT
+from .config import (
+    DEFAULT_KEY_TEMPLATE,
+    DEFAULT_PRESIGN_EXPIRES,
+    ConfigError,
+    StorageURI,
+    parse_bitrate,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -66,6 +74,12 @@ def _seconds(value: object) -> int:
     raise TypeError("seconds or a duration like '24h'")
 
 
+def _bitrate(value: object) -> int:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return parse_bitrate(value)
+    raise TypeError("bits per second, like 24000 or '24k'")
+
+
 def _tags(value: object) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise TypeError('a table of strings, like { team = "ivr" }')
@@ -91,7 +105,11 @@ ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "tags": ("tags", _tags),
     "tag-fields": ("tag_fields", _strings),
     "manifest": ("manifest", _boolean),
-    "require-wav": ("require_wav", _boolean),
+    "require-audio": ("require_audio", _boolean),
+    "require-wav": ("require_audio", _boolean),  # the old name, kept as an alias
+    "raw-audio": ("raw_audio", _string),
+    "store-format": ("store_format", _string),
+    "audio-bitrate": ("audio_bitrate", _bitrate),
     "overwrite": ("overwrite", _boolean),
 }
 # What a route does not set falls back to these, never to the default route's flags.
@@ -111,7 +129,10 @@ _PER_ROUTE_DEFAULTS: dict[str, Any] = {
     "tags": (),
     "tag_fields": (),
     "manifest": False,
-    "require_wav": False,
+    "require_audio": False,
+    "raw_audio": DEFAULT_RAW_AUDIO,
+    "store_format": DEFAULT_STORE_FORMAT,
+    "audio_bitrate": None,
     "overwrite": False,
 }
 

@@ -1,89 +1,91 @@
-"""Debian's audio tools for the transcoding tests: sox makes the inputs, ffmpeg/ffprobe judge the outputs.
-
-These are independent of the code under test: Debian's ffmpeg is its own build (5.1, against
-PyAV's bundled 7.x/8.x libraries), and sox has its own G.711 and PCM code. Under CI (``CI``
-set) a missing tool fails the test instead of skipping it.
-"""
+"""Audio test material: G.711 made by sox, what sox makes of a stored file, a µ-law decoder for fakes."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from streamproxy.audio import AudioFacts
+from streamproxy.audio.formats import Arrival
 
-def require(program: str, package: str | None = None) -> str:
-    """Return the path of ``program``; fail under CI, else skip, when it is missing."""
-    path = shutil.which(program)
+
+def tool(name: str) -> str:
+    """Path of an external program; a missing one fails under CI (it must be installed) and skips elsewhere."""
+    path = shutil.which(name)
     if path is None:
-        message = f"{program} is required (apt-get install {package or program}; .ci/run installs it)"
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed (apt-get install sox)")
     return path
 
 
-def sox_make(path: Path, *args: str, seconds: float = 3.0, effect: tuple[str, ...] = ("sine", "300-3000")) -> Path:
-    """Write ``path`` with sox: ``sox -n ARGS path synth SECONDS EFFECT`` (a sweep through the telephone band)."""
-    sox = require("sox")
+def g711(tmp_path: Path, seconds: float, law: str = "mu-law", name: str = "x.raw") -> bytes:
+    """Headerless G.711 (8 kHz mono) of a 440 Hz sine, as sox writes it: the platform's .UL."""
+    target = tmp_path / name
+    ext = "ul" if law == "mu-law" else "al"
     subprocess.run(
-        [sox, "-V1", "-n", *args, str(path), "synth", str(seconds), *effect, "vol", "0.5"],
+        [
+            tool("sox"),
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            law,
+            "-t",
+            ext,
+            str(target),
+            "synth",
+            str(seconds),
+            "sine",
+            "440",
+        ],
         check=True,
-        capture_output=True,
+        timeout=60,
     )
-    return path
+    return target.read_bytes()
 
 
-@dataclass(frozen=True)
-class Probed:
-    """What ffprobe says of a file, and what ffmpeg decodes from it."""
-
-    codec: str
-    channels: int
-    sample_rate: int
-    container_duration: float | None
-    decoded_duration: float  # samples ffmpeg decoded / sample rate
-
-
-def probe(path: Path) -> Probed:
-    """Ask Debian's ffprobe and ffmpeg what ``path`` holds; raises if they cannot read or decode it."""
-    ffprobe = require("ffprobe", "ffmpeg")
-    ffmpeg = require("ffmpeg")
-    shown = subprocess.run(
-        [ffprobe, "-v", "error", "-show_entries", "stream=codec_name,channels,sample_rate:format=duration",
-         "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    info = json.loads(shown.stdout)
-    stream = info["streams"][0]
-    rate = int(stream["sample_rate"])
-    # Decode every sample, mixed to mono at the stream's own rate: the count is the duration a listener hears.
-    decoded = subprocess.run(
-        [ffmpeg, "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-f", "s16le", "-"],
-        check=True,
-        capture_output=True,
-    )
-    duration = info.get("format", {}).get("duration")
-    return Probed(
-        codec=stream["codec_name"],
-        channels=int(stream["channels"]),
-        sample_rate=rate,
-        container_duration=float(duration) if duration not in (None, "N/A") else None,
-        decoded_duration=len(decoded.stdout) / 2 / rate,
-    )
+def soxi(path: Path) -> dict[str, str]:
+    """What ``soxi`` reads from a file: channels, rate, encoding, duration in samples and seconds."""
+    out: dict[str, str] = {}
+    for flag, name in (("-c", "channels"), ("-r", "rate"), ("-e", "encoding"), ("-s", "samples"), ("-D", "seconds")):
+        command = [tool("soxi"), flag, str(path)]
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"soxi cannot read {path.name}: {result.stderr.strip()}"
+        out[name] = result.stdout.strip()
+    return out
 
 
-def sox_to_pcm16(path: Path, *type_args: str) -> bytes:
-    """Return sox's own conversion of ``path`` to raw little-endian 16-bit samples."""
-    sox = require("sox")
-    out = subprocess.run(
-        [sox, "-V1", *type_args, str(path), "-b", "16", "-e", "signed-integer", "-L", "-t", "raw", "-"],
-        check=True,
-        capture_output=True,
-    )
-    return out.stdout
+def _ulaw_to_linear(byte: int) -> int:
+    u = ~byte & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return (0x84 - t) if u & 0x80 else (t - 0x84)
+
+
+ULAW_TABLE = [_ulaw_to_linear(b).to_bytes(2, "little", signed=True) for b in range(256)]
+
+
+class UlawToPcm16:
+    """A stand-in ``Encoder`` for the pipeline tests: decodes µ-law to 16-bit PCM, in pieces as they come."""
+
+    def __init__(self, source: Arrival, target: str, *, bitrate: int | None) -> None:
+        if source.kind != "g711" or source.codec != "mulaw":
+            raise ValueError(f"only headerless µ-law, not {source.format}")
+        self.target = target
+        self.samples = 0
+
+    def feed(self, data: memoryview) -> bytes:
+        self.samples += len(data)
+        return b"".join(ULAW_TABLE[b] for b in data)
+
+    def finish(self) -> bytes:
+        return b""
+
+    def facts(self) -> AudioFacts:
+        return AudioFacts("pcm", 1, 8000, 16, round(self.samples / 8000, 3))

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from streamproxy.audio.formats import SNIFF_BYTES, Hints, classify
 from streamproxy.wav import pcm16_header
-from tests.audio_tools import sox_make
+from tests.transcode_tools import sox_make
 from tests.browser import Chromium, require_chromium
 
 pytest.importorskip("av", reason="PyAV is the audio extra: pip install -e '.[test]'")

@@ -17,7 +17,7 @@ import pytest
 from streamproxy.audio import TRANSCODED_FORMATS
 from streamproxy.audio.formats import SNIFF_BYTES, Arrival, Hints, classify
 from streamproxy.wav import pcm16_header
-from tests.audio_tools import probe, sox_make, sox_to_pcm16
+from tests.transcode_tools import probe, sox_make, sox_to_pcm16
 
 av = pytest.importorskip("av", reason="PyAV is the audio extra: pip install -e '.[test]'")
 from streamproxy.audio.transcode import (  # noqa: E402 - needs PyAV, checked just above

@@ -27,7 +27,10 @@ __all__ = [
     "AudioFacts",
     "Encoder",
     "EncoderFactory",
+    "load_encoders",
 ]
+TRANSCODE_EXTRA = "transcode"  # pip install 'streamproxy[transcode]'
+
 
 # --store-format: "wav" keeps what plays and gives headerless G.711 a header; "original" changes
 # nothing; the rest go through an Encoder.
@@ -101,3 +104,18 @@ class EncoderFactory(Protocol):
     def __call__(self, source: Arrival, target: str, *, bitrate: int | None) -> Encoder:
         """Return a fresh encoder for one recording."""
         ...
+
+
+def load_encoders() -> EncoderFactory:
+    """Return the transcoder's ``EncoderFactory`` (``streamproxy.audio.transcode.open_encoder``).
+
+    Raises ``ImportError`` with a one-line hint naming the extra when it is not installed.
+    """
+    try:
+        from .transcode import open_encoder  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise ImportError(
+            f"transcoding needs the {TRANSCODE_EXTRA!r} extra: pip install 'streamproxy[{TRANSCODE_EXTRA}]' ({exc})"
+        ) from None
+    factory: EncoderFactory = open_encoder
+    return factory

@@ -32,6 +32,7 @@ __all__ = [
     "Plan",
     "classify",
     "plan",
+    "stored_type",
     "strip_audio_extension",
 ]
 
@@ -323,8 +324,9 @@ def plan(arrival: Arrival, store_format: str) -> Plan:
         target = _TRANSCODED_AS[store_format]
         if store_format != "wav-pcm16" or kind == "g711" or _is_8bit_wav(arrival):
             ext, content_type = _STORED_AS[target]
-            header = "pcm16" if store_format == "wav-pcm16" else None
-            return Plan(arrival, store_format, ext, content_type, header=header, transcode=store_format)
+            if store_format == "wav-pcm16":
+                return Plan(arrival, store_format, ext, content_type, header="pcm16", transcode=store_format)
+            return Plan(arrival, store_format, ext, content_type, transcode=store_format)
     if kind == "g711":  # store_format "wav"
         return Plan(arrival, store_format, ".wav", "audio/wav", header="g711")
     return unchanged
@@ -332,3 +334,14 @@ def plan(arrival: Arrival, store_format: str) -> Plan:
 
 def _is_8bit_wav(arrival: Arrival) -> bool:
     return arrival.codec in ("mulaw", "alaw") or (arrival.codec == "pcm" and arrival.bits_per_sample == 8)
+
+
+def stored_type(chosen: Plan, declared: str | None) -> str:
+    """Return the Content-Type to store: the format's, or for bytes of unknown format the client's own.
+
+    A generic or missing declared type gives ``application/octet-stream``.
+    """
+    if chosen.arrival.kind not in ("headerless", "other"):
+        return chosen.content_type
+    media = _media(declared)
+    return media if media and media != "application/octet-stream" else chosen.content_type

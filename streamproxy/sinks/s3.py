@@ -19,6 +19,12 @@ How one upload maps onto S3:
 * sha256 and size are known only at the end, after a multipart upload's metadata is fixed: they
   are stored as metadata where the object is written whole (single PUT, staged copy) and as the
   object tags ``sha256`` / ``size`` on a direct multipart upload.
+* A header known only at the end (``HeadLast``: WAV in front of headerless G.711): parts 2..N
+  are uploaded as they come and part 1, header included, last; S3 assembles parts by number.
+  The sha256 of the object then needs its first bytes first, so after the complete the writer
+  reads the rest of the object back (one streaming ranged GET, hashed in 1 MiB pieces in a
+  worker thread) behind the hash of part 1. That costs one download of the recording; it also
+  shows that what S3 holds has the expected length.
 
 Part bodies reach the socket without a copy: botocore gets a small seekable ``PartBody`` over the
 pooled buffer (seekable, so a retry resends it) and aiohttp sends its memoryview (a registered
@@ -79,6 +85,7 @@ STAGING_DIR = ".streamproxy-staging/"
 UPLOAD_ID_META = "streamproxy-upload-id"
 COPY_PART_SIZE = 512 * 1024 * 1024  # server-side copy parts: few calls, well under S3's 5 GiB cap
 _ABORT_ATTEMPTS = 3
+READ_BACK_CHUNK = 1024 * 1024
 _CONFLICT_ATTEMPTS = 4
 
 
@@ -542,6 +549,31 @@ class S3Writer:
         self._size = 0
         self._error: Exception | None = None
         self._finished = False
+        self._head_deferred = False
+        self._head_sha: Any = None  # hashlib state of part 1 (header included), when it came last
+        self._head_length = 0
+
+    def defer_head(self) -> None:
+        """Part 1 comes last (``write_head``): number the parts that come first from 2."""
+        self._head_deferred = True
+        self._next_number = 2
+
+    async def write_head(self, part: PartBuffer) -> None:
+        """Upload part 1 after the others, or keep it for a single PUT if it is the whole recording."""
+        if self._error is not None:
+            part.release()
+            raise self._error
+        self._size += part.length
+        if self._upload_id is None:
+            self._single = part
+            return
+        try:
+            self._head_sha = await asyncio.to_thread(hashlib.sha256, part.view)
+        except BaseException:
+            part.release()
+            raise
+        self._head_length = part.length
+        await self._start_part(part, number=1)
 
     async def write(self, part: PartBuffer, *, last: bool = False) -> None:
         """Keep a lone last part for a single PUT; otherwise run a multipart upload with bounded concurrency."""
@@ -550,7 +582,7 @@ class S3Writer:
             raise self._error
         self._size += part.length
         if self._upload_id is None:
-            if last:
+            if last and not self._head_deferred:
                 self._single = part  # the whole recording fits one part: complete() PUTs it
                 return
             try:
@@ -569,9 +601,10 @@ class S3Writer:
             self._upload_id = response["UploadId"]
         await self._start_part(part)
 
-    async def _start_part(self, part: PartBuffer) -> None:
-        number = self._next_number
-        self._next_number += 1
+    async def _start_part(self, part: PartBuffer, number: int | None = None) -> None:
+        if number is None:
+            number = self._next_number
+            self._next_number += 1
         try:
             await self._slots.acquire()
         except BaseException:
@@ -617,6 +650,7 @@ class S3Writer:
         final_key = key or self._final_key
         extra = dict(metadata or {})
         request_tags = dict(tags or {})
+        digest: str | None = None
         try:
             if final_key is None:
                 raise BadRequest("no key for the upload", code="missing_field")
@@ -626,6 +660,9 @@ class S3Writer:
             else:
                 await self._complete_multipart()
                 etag_parts = len(self._parts)
+                if self._head_sha is not None:
+                    digest = await self._read_back(final_key if not self._staged else self._key)
+                    extra["sha256"] = digest
             if self._staged:
                 self._staging_written = True
                 await self._move(final_key, extra, request_tags)
@@ -640,7 +677,44 @@ class S3Writer:
             url=await self._sink.url_for(final_key),
             bucket=self._o.bucket,
             parts=etag_parts,
+            sha256=digest,
         )
+
+    async def _read_back(self, key: str) -> str:
+        """Hash the stored object: part 1's hash, continued over the rest read back (see the module docstring).
+
+        If that fails after a direct upload completed, the object is removed again: an answer of
+        failure must not leave a recording behind.
+        """
+        sha, expected = self._head_sha, self._size - self._head_length
+        read = 0
+        try:
+            response = await self._sink.call(
+                "GetObject", Bucket=self._o.bucket, Key=key, Range=f"bytes={self._head_length}-"
+            )
+            body = response["Body"]
+            try:
+                while chunk := await body.read(READ_BACK_CHUNK):
+                    await asyncio.to_thread(sha.update, chunk)
+                    read += len(chunk)
+            except Exception as exc:
+                raise map_error("GetObject", exc) from exc
+            finally:
+                body.close()
+            if read != expected:
+                raise StorageFailed(f"S3 read back {read} bytes after part 1 of {key!r}, expected {expected}")
+        except BaseException:
+            if not self._staged:  # a staging object is removed by abort()
+                await self._remove_completed(key)
+            raise
+        return str(sha.hexdigest())
+
+    async def _remove_completed(self, key: str) -> None:
+        try:
+            if await self._sink.is_ours(key, self._token):
+                await self._sink.call("DeleteObject", Bucket=self._o.bucket, Key=key)
+        except (StorageError, KeyExists) as exc:
+            log.error("read_back_cleanup_failed", key=key, error=str(exc), hint="delete the object by hand")
 
     async def _put_single(self, extra: Mapping[str, str], tags: Mapping[str, str], *, conditional: bool) -> None:
         single, self._single = self._single, None
