@@ -74,6 +74,8 @@ ULAW_TABLE = [_ulaw_to_linear(b).to_bytes(2, "little", signed=True) for b in ran
 class UlawToPcm16:
     """A stand-in ``Encoder`` for the pipeline tests: decodes µ-law to 16-bit PCM, in pieces as they come."""
 
+    header_size = 0  # nothing held back: the stream's own PCM header goes in front
+
     def __init__(self, source: Arrival, target: str, *, bitrate: int | None) -> None:
         if source.kind != "g711" or source.codec != "mulaw":
             raise ValueError(f"only headerless µ-law, not {source.format}")
@@ -89,3 +91,6 @@ class UlawToPcm16:
 
     def facts(self) -> AudioFacts:
         return AudioFacts("pcm", 1, 8000, 16, round(self.samples / 8000, 3))
+
+    def header(self) -> bytes:
+        return b""

@@ -82,8 +82,9 @@ def test_per_route_keys(tmp_path: Path) -> None:
 
 
 def test_transcoding_without_the_extra_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "streamproxy.audio.transcode", None)  # as if the extra were not installed
-    with pytest.raises(ImportError, match="transcode"):
+    monkeypatch.delitem(sys.modules, "streamproxy.audio.transcode", raising=False)
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV (the audio extra) were not installed
+    with pytest.raises(ImportError, match="audio"):
         load_encoders()
-    with pytest.raises(ConfigError, match=r"--store-format mp3: transcoding needs the 'transcode' extra"):
+    with pytest.raises(ConfigError, match=r"--store-format mp3: transcoding needs the 'audio' extra"):
         settings_from_args(["serve", "--store-format", "mp3"])

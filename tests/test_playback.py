@@ -16,12 +16,10 @@ import pytest
 from aiohttp import web
 
 from streamproxy.audio.formats import SNIFF_BYTES, Hints, classify
+from streamproxy.audio.transcode import Transcoder  # PyAV: the audio extra, part of the test extra
 from streamproxy.wav import pcm16_header
-from tests.transcode_tools import sox_make
 from tests.browser import Chromium, require_chromium
-
-pytest.importorskip("av", reason="PyAV is the audio extra: pip install -e '.[test]'")
-from streamproxy.audio.transcode import Transcoder
+from tests.transcode_tools import sox_make
 
 SECONDS = 4.0
 EXTENSIONS = {"wav-pcm16": ".wav", "mp3": ".mp3", "opus": ".opus", "flac": ".flac"}

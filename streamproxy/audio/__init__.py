@@ -29,7 +29,7 @@ __all__ = [
     "EncoderFactory",
     "load_encoders",
 ]
-TRANSCODE_EXTRA = "transcode"  # pip install 'streamproxy[transcode]'
+TRANSCODE_EXTRA = "audio"  # pip install 'streamproxy[audio]': PyAV
 
 
 # --store-format: "wav" keeps what plays and gives headerless G.711 a header; "original" changes
@@ -79,7 +79,14 @@ class Encoder(Protocol):
 
     For ``wav-pcm16`` the encoder returns the raw little-endian 16-bit samples only; the stream
     puts the WAV header (whose sizes are known only at the end) in front of them.
+
+    An encoder whose container header is final only at the end (MP3's Info frame, FLAC's
+    STREAMINFO) keeps its first ``header_size`` bytes out of ``feed``'s output; the stream
+    reserves that room in front, exactly like a WAV header's, and writes ``header()`` there once
+    ``finish`` has returned. ``header_size`` is fixed when the encoder is built (0: nothing held).
     """
+
+    header_size: int
 
     def feed(self, data: memoryview) -> bytes:
         """Encode ``data`` (the next received bytes); return what is ready."""
@@ -91,6 +98,10 @@ class Encoder(Protocol):
 
     def facts(self) -> AudioFacts:
         """Describe the encoded output (called after ``finish``); the duration is that of the output."""
+        ...
+
+    def header(self) -> bytes:
+        """Return the ``header_size`` bytes that go in front of the output (called after ``finish``)."""
         ...
 
 
@@ -112,7 +123,7 @@ def load_encoders() -> EncoderFactory:
     Raises ``ImportError`` with a one-line hint naming the extra when it is not installed.
     """
     try:
-        from .transcode import open_encoder  # type: ignore[import-not-found,unused-ignore]
+        from .transcode import open_encoder
     except ImportError as exc:
         raise ImportError(
             f"transcoding needs the {TRANSCODE_EXTRA!r} extra: pip install 'streamproxy[{TRANSCODE_EXTRA}]' ({exc})"

@@ -167,13 +167,14 @@ class AudioStream:
                 self._encoder = self._policy.encoders(arrival, chosen.transcode, bitrate=self._policy.bitrate)
             except ValueError as exc:
                 raise UnsupportedMediaType(f"the recording cannot be transcoded: {exc}") from None
-            if chosen.header is None:
+            if chosen.header is None and not self._encoder.header_size:
                 self._stored = hashlib.sha256()
         self.plan = chosen
         self._check_wav()
         self.writer = writer = await self._open_writer(chosen)
-        self._header_size = chosen.header_size
-        if chosen.header is not None and not isinstance(writer, HeaderPatching):
+        # A WAV header, or the encoder's own (MP3's Info frame, FLAC's STREAMINFO), final only at the end.
+        self._header_size = chosen.header_size or (self._encoder.header_size if self._encoder is not None else 0)
+        if self._header_size and not isinstance(writer, HeaderPatching):
             if not isinstance(writer, HeadLast):
                 raise StorageFailed("this storage cannot put a header in front of a recording")
             writer.defer_head()
@@ -293,7 +294,7 @@ class AudioStream:
         stored_sha: str | None = received_sha if not chosen.changes_bytes else None
         if self._stored is not None:
             stored_sha = self._stored.hexdigest()
-        if chosen.header is not None:
+        if self._header_size:
             header = self._header(chosen, data_size, facts)
             stored_sha = await self._put_header(header, data_size)
         if facts is None:
@@ -301,6 +302,9 @@ class AudioStream:
         return Outcome(chosen, self.size, received_sha, stored_size, stored_sha, facts, self._probe.info)
 
     def _header(self, chosen: Plan, data_size: int, facts: AudioFacts | None) -> bytes:
+        if chosen.header is None:
+            assert self._encoder is not None
+            return self._encoder.header()
         if chosen.header == "g711":
             return g711_header(chosen.arrival.codec or "mulaw", data_size)
         channels = (facts.channels if facts else None) or chosen.arrival.channels or 1

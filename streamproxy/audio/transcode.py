@@ -56,7 +56,7 @@ __all__ = [
     "Transcoder",
     "UnsupportedAudio",
     "default_bitrate",
-    "make_encoder",
+    "open_encoder",
 ]
 
 # Bytes of received samples decoded and encoded at a time: whatever size of piece ``feed`` gets
@@ -236,7 +236,7 @@ class Transcoder:
         self._channels = 0
         self._rate = 0
         self.source: SourceFormat | None = None
-        self.header_size: int | None = None
+        self.header_size = 0  # mp3 and flac: set by _start, which runs here for them (or they refuse)
         if source.kind == "g711":
             self._start(SourceFormat(source.codec or "mulaw", 1, 8000, 8))
         elif source.kind == "wav" and not source.reason:
@@ -408,6 +408,6 @@ def _encoder_rate(rate: int, supported: tuple[int, ...] | None) -> int:
     return min((r for r in supported if r > rate), default=max(supported))
 
 
-def make_encoder(source: Arrival, target: str, *, bitrate: int | None) -> Transcoder:
+def open_encoder(source: Arrival, target: str, *, bitrate: int | None) -> Transcoder:
     """``EncoderFactory``: a fresh ``Transcoder`` for one recording."""
     return Transcoder(source, target, bitrate=bitrate)
