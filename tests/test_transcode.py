@@ -23,6 +23,7 @@ from streamproxy.audio.transcode import (  # PyAV: the audio extra, part of the 
     default_bitrate,
 )
 from streamproxy.wav import pcm16_header
+from tests.servers import config_error
 from tests.transcode_tools import probe, sox_make, sox_to_pcm16
 
 SECONDS = 3.0
@@ -275,3 +276,16 @@ def _rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise LookupError("VmRSS")
+
+
+def test_without_pyav_a_transcoding_format_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
+    """The real CLI in a process where ``import av`` fails, as without the audio extra: exit 2, one line naming it."""
+    shim = tmp_path / "no-pyav"
+    shim.mkdir()
+    (shim / "av.py").write_text('raise ModuleNotFoundError("No module named \'av\'", name="av")\n')
+    env = {"PYTHONPATH": f"{shim}{os.pathsep}{Path(__file__).resolve().parent.parent}"}
+    for fmt in ("mp3", "opus", "flac", "wav-pcm16"):
+        line = config_error("serve", "--store-format", fmt, env=env)
+        assert f"--store-format {fmt}: transcoding needs the 'audio' extra: pip install 'streamproxy[audio]'" in line
+    # The formats that do not transcode start without PyAV.
+    assert "--port" in config_error("serve", "--store-format", "original", "--port", "-1", env=env)

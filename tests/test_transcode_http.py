@@ -9,13 +9,14 @@ as part 1 uploaded at the end, on the filesystem patched in place.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.audio_tools import g711
-from tests.conftest import PART, incomplete_uploads, objects, sha256
+from tests.conftest import PART, incomplete_uploads, objects, payload, sha256
 from tests.helpers import chunks, form
 from tests.test_audio_http import audio_settings, send, stored
 from tests.transcode_tools import probe, sox_make
@@ -103,3 +104,32 @@ async def test_what_cannot_be_transcoded_is_415_and_nothing_is_stored(client_for
     assert resp.status == 415, body
     assert body["status"] == "failure" and "gsm610" in body["message"]
     assert objects(s3, bucket) == {} and incomplete_uploads(s3, bucket) == []
+
+
+async def test_many_transcoding_uploads_holding_their_header_share_a_two_part_budget(
+    client_for, moto_endpoint, bucket, s3, tmp_path
+) -> None:
+    """Eight concurrent FLAC transcodes on S3, each holding part 1 for its STREAMINFO, in a budget of two parts.
+
+    Random µ-law decodes to noise that FLAC cannot shrink below the input's size, so each upload's
+    output spans several parts while its head waits: the hold slots keep them from deadlocking.
+    """
+    settings = audio_settings("s3", moto_endpoint, bucket, tmp_path, store_format="flac", max_buffer_bytes=2 * PART)
+    client = await client_for(settings)
+    raws = [payload(PART + 4000 * n + 1, seed=n) for n in range(8)]
+
+    async def one(n: int) -> dict[str, Any]:
+        resp = await client.put(f"/recordings/c{n}.ul", data=chunks(raws[n]), headers={"Content-Type": "audio/basic"})
+        body: dict[str, Any] = await resp.json()
+        assert resp.status == 200, body
+        return body
+
+    bodies = await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(8))), timeout=300)
+    stored_objects = objects(s3, bucket)
+    for n, body in enumerate(bodies):
+        data = stored_objects[f"rec/c{n}.flac"]
+        assert len(data) > PART and body["size"] == len(data) and body["sha256"] == sha256(data)
+        # STREAMINFO's 36-bit sample count, written at the end into the held part 1.
+        assert int.from_bytes(data[18:26], "big") & ((1 << 36) - 1) == len(raws[n])
+    assert incomplete_uploads(s3, bucket) == []
+    check(bodies[7], stored_objects["rec/c7.flac"], raws[7], "flac", len(raws[7]) / 8000, tmp_path)
