@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
         load = [float(Path("/proc/loadavg").read_text().split()[0])]
-        result = {"command": "python -m bench.transcode" + "".join(f" {a}" for a in sys.argv[1:]), "machine": machine()}
+        shown = [f"--seconds {args.seconds:g}", f"--hours {args.hours:g}"] + ([] if args.server else ["--no-server"])
+        result = {"command": "python -m bench.transcode " + " ".join(shown), "machine": machine()}
         result["sizes"] = speed_and_size(workdir, args.seconds, log)
         load.append(float(Path("/proc/loadavg").read_text().split()[0]))
         if args.server:
