@@ -97,6 +97,7 @@ def test_real_files_from_sox(tmp_path: Path) -> None:
         head = target.read_bytes()[:4096]
         found[ext] = classify(head, Hints(), raw_audio="ulaw")
     assert found["flac"].kind == "flac" and (found["flac"].channels, found["flac"].sample_rate) == (2, 16000)
+    assert found["flac"].seconds == 1.0  # STREAMINFO's total samples
     assert found["wav"].kind == "wav" and found["wav"].channels == 2
     if "ogg" in found:
         assert (found["ogg"].kind, found["ogg"].codec, found["ogg"].sample_rate) == ("ogg", "vorbis", 16000)

@@ -112,6 +112,7 @@ class Arrival:
     bits_per_sample: int | None = None
     decided_by: str = "bytes"  # "bytes", "name", "type" or "raw-audio"
     reason: str = ""
+    seconds: float | None = None  # when the header says (FLAC's STREAMINFO total samples)
 
     @property
     def is_audio(self) -> bool:
@@ -246,7 +247,9 @@ def _flac(head: bytes) -> Arrival:
         rate = packed >> 44
         channels = ((packed >> 41) & 0x7) + 1
         bits = ((packed >> 36) & 0x1F) + 1
-        return Arrival("flac", "flac", channels, rate or None, bits)
+        total = packed & ((1 << 36) - 1)  # 0 when the encoder did not know it (streamed FLAC)
+        seconds = round(total / rate, 3) if total and rate else None
+        return Arrival("flac", "flac", channels, rate or None, bits, seconds=seconds)
     return Arrival("flac", "flac")
 
 

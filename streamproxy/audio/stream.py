@@ -337,7 +337,8 @@ class AudioStream:
                 info.format, info.channels, info.sample_rate, info.bits_per_sample, info.duration(self.size)
             )
         if arrival.kind in ("mp3", "ogg", "flac") and not arrival.reason:
-            return AudioFacts(arrival.format, arrival.channels, arrival.sample_rate, arrival.bits_per_sample, None)
+            bits = arrival.bits_per_sample
+            return AudioFacts(arrival.format, arrival.channels, arrival.sample_rate, bits, arrival.seconds)
         return None
 
     async def discard(self) -> None:
