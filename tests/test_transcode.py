@@ -289,3 +289,17 @@ def test_without_pyav_a_transcoding_format_is_refused_at_start_with_one_line(tmp
         assert f"--store-format {fmt}: transcoding needs the 'audio' extra: pip install 'streamproxy[audio]'" in line
     # The formats that do not transcode start without PyAV.
     assert "--port" in config_error("serve", "--store-format", "original", "--port", "-1", env=env)
+
+
+def test_20_bit_samples_in_24_bit_containers(sources: dict[str, Path], tmp_path: Path) -> None:
+    """A WAV saying 20 bits in 3-byte containers (left-justified) decodes as 24-bit."""
+    data = bytearray(sources["pcm24-wav-16k"].read_bytes())
+    fmt = data.index(b"fmt ")
+    assert struct.unpack("<H", data[fmt + 22 : fmt + 24])[0] == 24
+    data[fmt + 22 : fmt + 24] = struct.pack("<H", 20)
+    arrival = arrival_of(Path("x.wav"), bytes(data))
+    assert arrival.bits_per_sample == 20
+    stored, _ = transcode(bytes(data), arrival, "flac")
+    out = tmp_path / "20bit.flac"
+    out.write_bytes(stored)
+    assert abs(probe(out).decoded_duration - SECONDS) <= TOLERANCE

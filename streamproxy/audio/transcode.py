@@ -110,7 +110,8 @@ class SourceFormat:
     @property
     def decoder(self) -> str:
         """FFmpeg's decoder for these samples; raises ``UnsupportedAudio`` if there is none."""
-        name = _PCM_DECODERS.get((self.codec, self.bits_per_sample))
+        # WAV samples are left-justified in whole bytes: 20-bit audio reads as 24-bit, 12 as 16.
+        name = _PCM_DECODERS.get((self.codec, (self.bits_per_sample + 7) // 8 * 8))
         if name is None:
             raise UnsupportedAudio(f"cannot transcode {self.bits_per_sample}-bit {self.codec} audio")
         return name
