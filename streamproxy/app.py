@@ -13,10 +13,8 @@ from .audio.stream import AudioPolicy
 from .auth import GUARDS, Guard, Guards
 from .config import Settings
 from .handlers import (
-    ADMISSION,
     INGEST,
     ROUTE_INGESTS,
-    Admission,
     RouteIngests,
     error_middleware,
     expect_handler,
@@ -26,12 +24,13 @@ from .handlers import (
     put_recording,
 )
 from .ingest import Ingest
-from .lifecycle import READINESS, Readiness, readyz
+from .lifecycle import ADMISSION, READINESS, Admission, Readiness, readyz
 from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
 from .openapi import serve_openapi
 from .parts import BufferPool
 from .routes import route_settings
-from .sinks import Sink, build_sink
+from .sinks import Sink
+from .wiring import build_sink
 
 __all__ = ["POOL", "SINK", "make_app"]
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from .config import MIB, Settings
 from .errors import KeyExists, StorageError
-from .sinks import build_sink
 from .sinks.fs import TEMP_PREFIX, TEMP_SUFFIX
+from .wiring import build_s3_sink
 
 if TYPE_CHECKING:
     from .sinks.s3 import S3Sink
@@ -101,7 +101,7 @@ async def run_check(settings: Settings, out: TextIO = sys.stdout) -> int:
 async def _check_s3(settings: Settings, report: _Report) -> None:
     from aiobotocore.session import get_session
 
-    from .sinks.s3 import STAGING_DIR, S3Sink
+    from .sinks.s3 import STAGING_DIR
 
     session = get_session()
     endpoint = settings.endpoint_url
@@ -125,13 +125,12 @@ async def _check_s3(settings: Settings, report: _Report) -> None:
     label = _CREDENTIAL_SOURCES.get(credentials.method, credentials.method)
     report.ok(f"credentials: from {label}, access key {masked}" + (", with session token" if frozen.token else ""))
 
-    sink = build_sink(settings)
-    assert isinstance(sink, S3Sink)
+    sink = build_s3_sink(settings)
     bucket, prefix = settings.storage.bucket, settings.storage.prefix
     await sink.start()
     try:
         try:
-            await sink.probe()
+            await sink.admin.probe()
         except StorageError as exc:
             report.fail("bucket", exc)
             return
@@ -152,7 +151,7 @@ async def _object_lock(sink: S3Sink, settings: Settings, report: _Report) -> Non
     bucket = settings.storage.bucket
     wanted = settings.object_lock_mode is not None or settings.object_lock_legal_hold
     try:
-        config = await sink.object_lock()
+        config = await sink.admin.object_lock()
     except StorageError as exc:
         if wanted:
             report.fail("object lock", exc)
@@ -186,13 +185,13 @@ async def _object_lock(sink: S3Sink, settings: Settings, report: _Report) -> Non
 
 
 async def _put_delete(sink: S3Sink, bucket: str, key: str) -> None:
-    await sink.call("PutObject", Bucket=bucket, Key=key, Body=b"streamproxy check\n", ContentType="text/plain")
-    await sink.call("DeleteObject", Bucket=bucket, Key=key)
+    await sink.client.call("PutObject", Bucket=bucket, Key=key, Body=b"streamproxy check\n", ContentType="text/plain")
+    await sink.client.call("DeleteObject", Bucket=bucket, Key=key)
 
 
 async def _create_abort(sink: S3Sink, bucket: str, key: str) -> None:
-    created = await sink.call("CreateMultipartUpload", Bucket=bucket, Key=key)
-    await sink.call("AbortMultipartUpload", Bucket=bucket, Key=key, UploadId=created["UploadId"])
+    created = await sink.client.call("CreateMultipartUpload", Bucket=bucket, Key=key)
+    await sink.client.call("AbortMultipartUpload", Bucket=bucket, Key=key, UploadId=created["UploadId"])
 
 
 async def _step(report: _Report, name: str, success: str, action: Awaitable[None]) -> None:

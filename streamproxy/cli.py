@@ -39,7 +39,7 @@ from .config import (
 )
 from .errors import StorageError
 from .log import configure_logging
-from .routes import load_routes
+from .routes import load_routes, resolve_routes
 
 __all__ = ["main", "settings_from_args"]
 
@@ -271,7 +271,9 @@ def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
         values["require_audio"] = values["require_audio"] or alias
     if args.command == "sweep" and values.get("older_than") is None:
         raise ConfigError("sweep needs --older-than DURATION (for example 24h): leftovers younger than it may be live")
-    return args.command, Settings(**values)
+    settings = Settings(**values)
+    resolve_routes(settings)  # every route's own settings are checked at start, with the file and route named
+    return args.command, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,16 +7,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .audio import DEFAULT_RAW_AUDIO, DEFAULT_STORE_FORMAT, RAW_AUDIO, STORE_FORMATS, TRANSCODED_FORMATS, load_encoders
 from .audio.formats import G711_TYPES
+from .errors import ConfigError
 from .keys import KeyTemplate
 from .tags import MAX_CONFIGURED_TAGS, RESERVED_TAGS, parse_tag, sanitize_tag_key
-
-if TYPE_CHECKING:
-    from .routes import Route
 
 __all__ = [
     "DEFAULT_HOST",
@@ -27,6 +25,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "MIB",
     "ConfigError",
+    "Route",
     "Settings",
     "StorageURI",
     "parse_bitrate",
@@ -86,10 +85,6 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # visible ASCII but ',': fits a header, a password, a list
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message is one line meant for the operator."""
 
 
 def parse_size(text: str | int) -> int:
@@ -177,6 +172,18 @@ class StorageURI:
         if self.scheme == "s3":
             return f"s3://{self.bucket}/{self.prefix}"
         return self.path.as_uri()
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``[[route]]`` table, checked for keys and types (its settings are resolved by ``routes``)."""
+
+    path: str
+    overrides: tuple[tuple[str, Any], ...]
+    where: str  # "routes.toml: route /recordings/acme", for error messages
+
+    def __repr__(self) -> str:
+        return f"Route({self.path!r})"  # never print the overrides: they hold the tokens
 
 
 @dataclass(frozen=True)
@@ -293,11 +300,6 @@ class Settings:
                 f"--presign-expires {self.presign_expires}: SigV4 links live 1 to {DEFAULT_PRESIGN_EXPIRES} seconds"
             )
         self._validate_storage_options()
-        if self.routes:
-            from .routes import route_settings
-
-            for route in self.routes:
-                route_settings(self, route)  # raises with the file, the route and the key named
         if self.s3_endpoint_url is not None and not re.match(r"^https?://", self.s3_endpoint_url):
             raise ConfigError(f"--s3-endpoint-url {self.s3_endpoint_url!r}: must start with http:// or https://")
         self._validate_security()

@@ -27,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "ClientFault",
+    "ConfigError",
     "Forbidden",
     "KeyExists",
     "PayloadTooLarge",
@@ -153,3 +154,7 @@ class StorageTimeout(StorageError):
 
     status = 504
     default_code = "storage_timeout"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message is one line meant for the operator (not an HTTP answer)."""

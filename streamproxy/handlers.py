@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -19,12 +18,12 @@ from aiohttp.web_urldispatcher import AbstractRoute, _default_expect_handler
 from .auth import check_request, client_address
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
+from .lifecycle import ADMISSION
 from .manifest import RequestInfo, write_manifest
 from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
 
 __all__ = [
     "ROUTE_INGESTS",
-    "Admission",
     "RouteIngests",
     "error_middleware",
     "expect_handler",
@@ -65,77 +64,6 @@ def ingest_for(request: web.Request) -> Ingest:
     routes = request.app.get(ROUTE_INGESTS)
     own = routes.get(request.match_info.route) if routes is not None else None
     return own if own is not None else request.app[INGEST]
-
-
-class Admission:
-    """Counts uploads in flight and refuses new ones beyond the limit (503 with Retry-After).
-
-    It also drives the drain at shutdown: ``draining`` refuses new uploads, ``wait_idle`` lets
-    those in flight finish, and ``stop_remaining`` cancels the rest; the ingest path aborts their
-    writers (shielded) before the cancellation leaves it, and ``_run`` answers them 503 ``shutdown``.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self.draining = False
-        self._tasks: dict[asyncio.Task[Any], UploadStats | None] = {}
-        self._stopped: set[asyncio.Task[Any]] = set()
-
-    def check(self) -> None:
-        """Raise 503 if a new upload would not be admitted now."""
-        if self.draining:
-            raise Unavailable("the server is shutting down; retry on another instance", code="draining", retry_after=5)
-        if self.in_flight >= self.limit:
-            raise Unavailable(f"{self.limit} uploads are already in progress; retry shortly", retry_after=1)
-
-    def __enter__(self) -> Admission:
-        self.check()
-        self.in_flight += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks[task] = CURRENT_UPLOAD.get()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.in_flight -= 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.pop(task, None)
-
-    async def wait_idle(self, seconds: float, interrupt: asyncio.Event | None = None) -> bool:
-        """Wait until no upload is in flight (True), or for at most ``seconds`` or until ``interrupt`` (False)."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while self.in_flight:
-            if asyncio.get_running_loop().time() >= deadline or (interrupt is not None and interrupt.is_set()):
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-    def stop_remaining(self) -> int:
-        """Cancel every upload still receiving bytes; return how many.
-
-        An upload whose bytes have all arrived and that is completing in storage is left to finish:
-        cancelling it could abort an object the store has just made whole, and answer failure for it.
-        """
-        stopped = 0
-        for task, stats in self._tasks.items():
-            if stats is not None and stats.completing:
-                continue
-            self._stopped.add(task)
-            task.cancel()
-            stopped += 1
-        return stopped
-
-    def stopped_by_shutdown(self, task: asyncio.Task[Any]) -> bool:
-        """Whether ``task`` was cancelled by ``stop_remaining`` (and forget it)."""
-        if task in self._stopped:
-            self._stopped.discard(task)
-            return True
-        return False
-
-
-ADMISSION = web.AppKey("admission", Admission)
 
 
 def _json_error(error: StreamproxyError) -> web.Response:

@@ -29,6 +29,7 @@ from .audio.formats import Hints, Plan, stored_type, strip_audio_extension
 from .audio.stream import AudioPolicy, AudioStream, Outcome
 from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
+from .lifecycle import mark_completing
 from .parts import BufferPool
 from .sinks import Sink, Stored, Writer
 from .tags import sanitize_tag_key, sanitize_tag_value
@@ -239,6 +240,7 @@ class Ingest:
     ) -> Upload:
         """Complete the writer with the facts of what is stored; abort it on failure."""
         try:
+            mark_completing()
             stored = await writer.complete(
                 key=key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields)
             )

@@ -21,16 +21,31 @@ import asyncio
 import signal
 import ssl
 import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from .errors import StreamproxyError
-from .handlers import ADMISSION, Admission
+from .errors import StreamproxyError, Unavailable
 from .metrics import METRICS, Metrics
 from .sinks import Sink
 
-__all__ = ["ABORT_GRACE", "PROBE_TIMEOUT", "PROBE_TTL", "READINESS", "Readiness", "readyz", "serve"]
+__all__ = [
+    "ABORT_GRACE",
+    "ADMISSION",
+    "CURRENT_TICKET",
+    "PROBE_TIMEOUT",
+    "PROBE_TTL",
+    "READINESS",
+    "Admission",
+    "AdmissionTicket",
+    "Readiness",
+    "mark_completing",
+    "readyz",
+    "serve",
+]
 
 log = structlog.get_logger("streamproxy.lifecycle")
 
@@ -38,6 +53,102 @@ PROBE_TTL = 5.0  # seconds a probe result is reused: orchestrators probe every f
 PROBE_TIMEOUT = 2.0
 ABORT_GRACE = 10.0  # after the drain deadline: time for aborts and completing uploads to finish
 _RUNNER_SHUTDOWN = 2.0  # what aiohttp then still waits for: responses being written, idle connections
+
+
+@dataclass
+class AdmissionTicket:
+    """One admitted upload, as the drain sees it.
+
+    ``completing`` is set by ingest just before ``Writer.complete()``: from then on the drain leaves
+    the upload to finish (cancelling it could abort an object the store has just made whole).
+    """
+
+    completing: bool = False
+
+
+CURRENT_TICKET: ContextVar[AdmissionTicket | None] = ContextVar("streamproxy_admission", default=None)
+
+
+def mark_completing() -> None:
+    """Tell the drain that the current upload has all its bytes and is completing in storage."""
+    ticket = CURRENT_TICKET.get()
+    if ticket is not None:
+        ticket.completing = True
+
+
+class Admission:
+    """Counts uploads in flight and refuses new ones beyond the limit (503 with Retry-After).
+
+    It also drives the drain at shutdown: ``draining`` refuses new uploads, ``wait_idle`` lets
+    those in flight finish, and ``stop_remaining`` cancels the rest; the ingest path aborts their
+    writers (shielded) before the cancellation leaves it, and ``_run`` answers them 503 ``shutdown``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.draining = False
+        self._tasks: dict[asyncio.Task[Any], AdmissionTicket] = {}
+        self._tokens: dict[asyncio.Task[Any] | None, Token[AdmissionTicket | None]] = {}
+        self._stopped: set[asyncio.Task[Any]] = set()
+
+    def check(self) -> None:
+        """Raise 503 if a new upload would not be admitted now."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another instance", code="draining", retry_after=5)
+        if self.in_flight >= self.limit:
+            raise Unavailable(f"{self.limit} uploads are already in progress; retry shortly", retry_after=1)
+
+    def __enter__(self) -> Admission:
+        self.check()
+        self.in_flight += 1
+        ticket = AdmissionTicket()
+        task = asyncio.current_task()
+        self._tokens[task] = CURRENT_TICKET.set(ticket)  # one per task: uploads enter and leave in any order
+        if task is not None:
+            self._tasks[task] = ticket
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+        task = asyncio.current_task()
+        CURRENT_TICKET.reset(self._tokens.pop(task))
+        if task is not None:
+            self._tasks.pop(task, None)
+
+    async def wait_idle(self, seconds: float, interrupt: asyncio.Event | None = None) -> bool:
+        """Wait until no upload is in flight (True), or for at most ``seconds`` or until ``interrupt`` (False)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while self.in_flight:
+            if asyncio.get_running_loop().time() >= deadline or (interrupt is not None and interrupt.is_set()):
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def stop_remaining(self) -> int:
+        """Cancel every upload still receiving bytes; return how many.
+
+        An upload whose bytes have all arrived and that is completing in storage is left to finish:
+        cancelling it could abort an object the store has just made whole, and answer failure for it.
+        """
+        stopped = 0
+        for task, ticket in self._tasks.items():
+            if ticket.completing:
+                continue
+            self._stopped.add(task)
+            task.cancel()
+            stopped += 1
+        return stopped
+
+    def stopped_by_shutdown(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` was cancelled by ``stop_remaining`` (and forget it)."""
+        if task in self._stopped:
+            self._stopped.discard(task)
+            return True
+        return False
+
+
+ADMISSION = web.AppKey("admission", Admission)
 
 
 class Readiness:

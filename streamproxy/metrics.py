@@ -44,7 +44,6 @@ class UploadStats:
     bytes: int = 0
     parts: int = 0
     retries: int = 0
-    completing: bool = False
 
 
 CURRENT_UPLOAD: ContextVar[UploadStats | None] = ContextVar("streamproxy_upload", default=None)
@@ -212,7 +211,6 @@ class _InstrumentedWriter:
         tags: Mapping[str, str] | None = None,
     ) -> Stored:
         if self._stats is not None:
-            self._stats.completing = True
             self._stats.key = key or self._stats.key
         try:
             stored = await self._writer.complete(key=key, metadata=metadata, tags=tags)

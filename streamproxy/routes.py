@@ -18,24 +18,14 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .audio import DEFAULT_RAW_AUDIO, DEFAULT_STORE_FORMAT
-from .config import (
-    DEFAULT_KEY_TEMPLATE,
-    DEFAULT_PRESIGN_EXPIRES,
-    ConfigError,
-    StorageURI,
-    parse_bitrate,
-    parse_duration,
-)
+from .config import Route, Settings, StorageURI, parse_bitrate, parse_duration
+from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .config import Settings
-
-__all__ = ["RESERVED_PATHS", "ROUTE_KEYS", "Route", "load_routes", "route_settings"]
+__all__ = ["RESERVED_PATHS", "ROUTE_KEYS", "Route", "load_routes", "resolve_routes", "route_settings"]
 
 DEFAULT_PATH = "/recordings"
 RESERVED_PATHS = (DEFAULT_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json")
@@ -112,41 +102,13 @@ ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "audio-bitrate": ("audio_bitrate", _bitrate),
     "overwrite": ("overwrite", _boolean),
 }
-# What a route does not set falls back to these, never to the default route's flags.
+# What a route does not set falls back to the built-in default of its Settings field, never to the
+# default route's flags. (``storage`` is required in every table, so it has no fallback.)
 _PER_ROUTE_DEFAULTS: dict[str, Any] = {
-    "auth_tokens": (),
-    "auth_token_file": None,
-    "allow_query_token": False,
-    "key_template": DEFAULT_KEY_TEMPLATE,
-    "url_mode": "object",
-    "presign_expires": DEFAULT_PRESIGN_EXPIRES,
-    "sse": None,
-    "sse_kms_key_id": None,
-    "storage_class": None,
-    "object_lock_mode": None,
-    "object_lock_days": None,
-    "object_lock_legal_hold": False,
-    "tags": (),
-    "tag_fields": (),
-    "manifest": False,
-    "require_audio": False,
-    "raw_audio": DEFAULT_RAW_AUDIO,
-    "store_format": DEFAULT_STORE_FORMAT,
-    "audio_bitrate": None,
-    "overwrite": False,
+    f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]  # MISSING excluded above
+    for f in fields(Settings)
+    if f.name in {name for name, _ in ROUTE_KEYS.values()} - {"", "storage"}
 }
-
-
-@dataclass(frozen=True)
-class Route:
-    """One ``[[route]]`` table, checked for keys and types (its settings are checked by ``route_settings``)."""
-
-    path: str
-    overrides: tuple[tuple[str, Any], ...]
-    where: str  # "routes.toml: route /recordings/acme", for error messages
-
-    def __repr__(self) -> str:
-        return f"Route({self.path!r})"  # never print the overrides: they hold the tokens
 
 
 def load_routes(path: str) -> tuple[Route, ...]:
@@ -214,3 +176,8 @@ def route_settings(settings: Settings, route: Route) -> Settings:
     except ConfigError as exc:
         # The message names the flag; the route's key is the same name without "--".
         raise ConfigError(f"{route.where}: {exc}") from None
+
+
+def resolve_routes(settings: Settings) -> tuple[Settings, ...]:
+    """Return the settings of every route of ``settings``; raise ``ConfigError`` naming the first bad one."""
+    return tuple(route_settings(settings, route) for route in settings.routes)

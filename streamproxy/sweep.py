@@ -14,7 +14,7 @@ from typing import TextIO
 
 from .config import Settings
 from .errors import StorageError
-from .sinks import build_sink
+from .wiring import build_sink
 
 __all__ = ["format_age", "run_sweep"]
 

@@ -108,7 +108,7 @@ def incomplete_uploads(s3: Any, bucket: str) -> list[str]:
     return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
 
 
-def s3_settings(moto_endpoint: str, bucket: str, prefix: str = "rec/", **overrides: Any) -> Settings:
+def s3_settings(moto_endpoint: str | None, bucket: str, prefix: str = "rec/", **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         storage=StorageURI.parse(f"s3://{bucket}/{prefix}"),
         s3_endpoint_url=moto_endpoint,

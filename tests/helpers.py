@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -43,3 +45,29 @@ def multipart_body(
         out += value + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out)
+
+
+async def held_body(data: bytes, hold_at: int, release: asyncio.Event) -> AsyncIterator[bytes]:
+    """Send ``data[:hold_at]``, wait for ``release``, then send the rest."""
+    for start in range(0, hold_at, 256 * 1024):
+        yield data[start : min(start + 256 * 1024, hold_at)]
+    await release.wait()
+    for start in range(hold_at, len(data), 256 * 1024):
+        yield data[start : start + 256 * 1024]
+
+
+async def put_recording(session: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
+    """PUT a recording; return the status and JSON answer, or -1 and the error if the connection broke."""
+    try:
+        async with session.put(url, data=body, headers={"Content-Type": "audio/wav"}) as resp:
+            return resp.status, await resp.json()
+    except aiohttp.ClientError as exc:
+        return -1, repr(exc)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +19,10 @@ import pytest
 
 from streamproxy.sinks.fs import TEMP_PREFIX
 from tests.conftest import PART, incomplete_uploads, objects, payload, sha256
+from tests.helpers import held_body, put_recording, until
 from tests.servers import streamproxy_server
 
 pytestmark = pytest.mark.slow
-
-
-async def _body(data: bytes, hold_at: int, release: asyncio.Event) -> AsyncIterator[bytes]:
-    """Send ``data[:hold_at]``, wait for ``release``, then send the rest."""
-    for start in range(0, hold_at, 256 * 1024):
-        yield data[start : min(start + 256 * 1024, hold_at)]
-    await release.wait()
-    for start in range(hold_at, len(data), 256 * 1024):
-        yield data[start : start + 256 * 1024]
-
-
-async def _put(session: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, dict[str, Any] | str]:
-    """PUT a recording; return the status and JSON answer, or -1 and the error if the connection broke."""
-    try:
-        async with session.put(url, data=body, headers={"Content-Type": "audio/wav"}) as resp:
-            return resp.status, await resp.json()
-    except aiohttp.ClientError as exc:
-        return -1, repr(exc)
-
-
-async def _until(condition: Any, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 def _log_lines(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
@@ -71,17 +46,21 @@ async def test_sigterm_drains_finishes_in_flight_and_aborts_the_rest(moto_endpoi
     with streamproxy_server(args) as (proc, base):
         async with aiohttp.ClientSession() as session:
             a = asyncio.ensure_future(
-                _put(session, f"{base}/recordings/finishing", _body(finishing, PART + 100, release_finishing))
+                put_recording(
+                    session, f"{base}/recordings/finishing", held_body(finishing, PART + 100, release_finishing)
+                )
             )
             b = asyncio.ensure_future(
-                _put(session, f"{base}/recordings/stuck", _body(stuck, 2 * PART + 100, release_stuck))
+                put_recording(session, f"{base}/recordings/stuck", held_body(stuck, 2 * PART + 100, release_stuck))
             )
             # Both are mid-upload with parts already in S3.
-            await _until(lambda: sorted(incomplete_uploads(s3, bucket)) == ["rec/finishing.wav", "rec/stuck.wav"])
+            await until(
+                lambda: sorted(incomplete_uploads(s3, bucket)) == ["rec/finishing.wav", "rec/stuck.wav"], seconds=15
+            )
 
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            await _until(lambda: _status(f"{base}/readyz") == 503, seconds=5)
+            await until(lambda: _status(f"{base}/readyz") == 503, seconds=5)
             async with session.get(f"{base}/readyz") as ready:
                 assert (await ready.json())["error"] == "draining"
             async with session.put(f"{base}/recordings/late", data=b"late", headers={"Content-Type": "audio/wav"}) as r:
@@ -135,12 +114,12 @@ async def test_second_signal_cuts_the_drain_short_and_leaves_no_temp_file(tmp_pa
     with streamproxy_server(["--storage", root.as_uri(), "--shutdown-timeout", "60s"]) as (proc, base):
         async with aiohttp.ClientSession() as session:
             upload = asyncio.ensure_future(
-                _put(session, f"{base}/recordings/open", _body(payload(PART + 10), PART + 5, release))
+                put_recording(session, f"{base}/recordings/open", held_body(payload(PART + 10), PART + 5, release))
             )
-            await _until(lambda: bool(list(root.glob(f"{TEMP_PREFIX}*"))))
+            await until(lambda: bool(list(root.glob(f"{TEMP_PREFIX}*"))), seconds=15)
             signalled = time.monotonic()
             proc.send_signal(signal.SIGINT)
-            await _until(lambda: _status(f"{base}/readyz") == 503, seconds=5)
+            await until(lambda: _status(f"{base}/readyz") == 503, seconds=5)
             proc.send_signal(signal.SIGINT)
             status, answer = await asyncio.wait_for(upload, 15)
             code = await _wait_exit(proc, 20)

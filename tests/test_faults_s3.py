@@ -175,7 +175,7 @@ async def test_failed_abort_is_logged_and_swept(client_for, proxy, bucket, s3, m
     assert objects(s3, bucket) == {}
     left = incomplete_uploads(s3, bucket)
     assert len(left) == 1 and failed[0]["key"] == left[0] and failed[0]["upload_id"]
-    sink = S3Sink(S3Options(bucket=bucket, prefix="rec/", endpoint_url=moto_endpoint))
+    sink = S3Sink(S3Options.from_settings(s3_settings(moto_endpoint, bucket)))
     await sink.start()
     try:
         swept = await sink.sweep(0, dry_run=False)
@@ -277,7 +277,7 @@ async def test_lost_answer_while_another_upload_owns_the_key(client_for, proxy, 
 
 
 async def _sweep(moto_endpoint: str, bucket: str) -> list[tuple[str, str]]:
-    sink = S3Sink(S3Options(bucket=bucket, prefix="rec/", endpoint_url=moto_endpoint))
+    sink = S3Sink(S3Options.from_settings(s3_settings(moto_endpoint, bucket)))
     await sink.start()
     try:
         return [(item.kind, item.key) for item in await sink.sweep(0, dry_run=False)]

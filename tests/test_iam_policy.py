@@ -38,7 +38,7 @@ def _operations() -> set[str]:
     found: set[str] = set()
     for path in (ROOT / "streamproxy").rglob("*.py"):
         text = path.read_text()
-        found |= set(re.findall(r"(?:\bcall|_final_write)\(\s*\"([A-Z][A-Za-z0-9]+)\"", text))
+        found |= set(re.findall(r"(?:\bcall|\bfinal_write)\(\s*\"([A-Z][A-Za-z0-9]+)\"", text))
         snakes = re.findall(r"get_paginator\(\s*\"([a-z0-9_]+)\"", text)
         snakes += [name for name in re.findall(r"_client\.([a-z][a-z0-9_]*)\(", text) if name != "get_paginator"]
         for snake in snakes:

@@ -24,7 +24,7 @@ from streamproxy import __version__
 from streamproxy.app import make_app
 from streamproxy.config import Settings, StorageURI
 from streamproxy.errors import StorageFailed, StorageTimeout, StorageUnavailable, StreamproxyError
-from streamproxy.handlers import ADMISSION
+from streamproxy.lifecycle import ADMISSION
 from streamproxy.sinks.memory import MemorySink, MemoryWriter
 from tests.conftest import PART, s3_settings
 from tests.helpers import form, multipart_body

@@ -7,8 +7,7 @@ import shutil
 import time
 
 from streamproxy.app import make_app
-from streamproxy.handlers import ADMISSION, Admission
-from streamproxy.lifecycle import Readiness
+from streamproxy.lifecycle import ADMISSION, Admission, Readiness
 from streamproxy.sinks.memory import MemorySink
 from tests.conftest import fs_settings, s3_settings
 from tests.servers import free_port

@@ -9,7 +9,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from streamproxy.sinks.s3 import PartBody, PrehashedS3SigV4Auth, _part_digests
+from streamproxy.sinks.s3.checksums import part_digests
+from streamproxy.sinks.s3.transport import PartBody, PrehashedS3SigV4Auth
 
 DATA = bytes(range(256)) * 4096
 
@@ -50,7 +51,7 @@ def test_https_with_content_md5_stays_unsigned_payload() -> None:
 
 
 def test_part_digests_hash_only_when_the_signer_needs_it() -> None:
-    checksum, digest = _part_digests("md5", memoryview(DATA), True)
+    checksum, digest = part_digests("md5", memoryview(DATA), True)
     assert digest == hashlib.sha256(DATA).hexdigest()
     assert set(checksum) == {"ContentMD5"}
-    assert _part_digests("md5", memoryview(DATA), False)[1] is None
+    assert part_digests("md5", memoryview(DATA), False)[1] is None

@@ -7,40 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import PART, incomplete_uploads, objects, payload, sha256
+from tests.helpers import held_body, put_recording, until
 from tests.servers import streamproxy_server
 
 pytestmark = pytest.mark.slow
-
-
-async def _held(data: bytes, hold_at: int, release: asyncio.Event) -> AsyncIterator[bytes]:
-    for start in range(0, hold_at, 256 * 1024):
-        yield data[start : min(start + 256 * 1024, hold_at)]
-    await release.wait()
-    for start in range(hold_at, len(data), 256 * 1024):
-        yield data[start : start + 256 * 1024]
-
-
-async def _put(session: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
-    try:
-        async with session.put(url, data=body, headers={"Content-Type": "audio/wav"}) as resp:
-            return resp.status, await resp.json()
-    except aiohttp.ClientError as exc:
-        return -1, repr(exc)
-
-
-async def _until(condition: Any, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 def _args(moto_endpoint: str, bucket: str, *extra: str) -> list[str]:
@@ -61,12 +36,12 @@ async def test_sigterm_with_20_uploads_in_flight(moto_endpoint, bucket, s3) -> N
         async with aiohttp.ClientSession() as session:
             tasks = {
                 name: asyncio.ensure_future(
-                    _put(session, f"{base}/recordings/{name}", _held(data, len(data) - 1000, release))
+                    put_recording(session, f"{base}/recordings/{name}", held_body(data, len(data) - 1000, release))
                 )
                 for name, (data, release) in uploads.items()
             }
             multi = sum(1 for data, _ in uploads.values() if len(data) > PART + 1000)
-            await _until(lambda: len(incomplete_uploads(s3, bucket)) == multi)
+            await until(lambda: len(incomplete_uploads(s3, bucket)) == multi)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             for name, (_, release) in uploads.items():  # half finish during the drain, half never do
@@ -99,15 +74,19 @@ async def test_sigkill_leaves_uploads_that_sweep_removes(moto_endpoint, bucket, 
         async with aiohttp.ClientSession() as session:
             tasks = [
                 asyncio.ensure_future(
-                    _put(session, f"{base}/recordings/{name}", _held(payload(3 * PART, seed=i), 2 * PART + 10, release))
+                    put_recording(
+                        session,
+                        f"{base}/recordings/{name}",
+                        held_body(payload(3 * PART, seed=i), 2 * PART + 10, release),
+                    )
                 )
                 for i, name in enumerate(names)
             ]
             form = aiohttp.FormData()
-            form.add_field("recording", _held(payload(3 * PART, seed=9), 2 * PART + 10, release), filename="r.wav")
+            form.add_field("recording", held_body(payload(3 * PART, seed=9), 2 * PART + 10, release), filename="r.wav")
             form.add_field("filename", "late")
             late = asyncio.ensure_future(session.post(f"{base}/recordings", data=form))
-            await _until(lambda: len(incomplete_uploads(s3, bucket)) == len(names) + 1)
+            await until(lambda: len(incomplete_uploads(s3, bucket)) == len(names) + 1)
             proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(proc.wait, 10)
             release.set()

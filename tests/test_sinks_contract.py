@@ -14,7 +14,7 @@ from streamproxy.sinks import Sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.s3 import S3Options, S3Sink
-from tests.conftest import PART, incomplete_uploads, objects, payload
+from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
 
 SinkFactory = Callable[..., Any]
 
@@ -33,7 +33,7 @@ async def harness(
         elif request.param == "fs":
             sink = FileSink(tmp_path, overwrite=overwrite)
         else:
-            sink = S3Sink(S3Options(bucket=bucket, endpoint_url=moto_endpoint, part_size=PART, overwrite=overwrite))
+            sink = S3Sink(S3Options.from_settings(s3_settings(moto_endpoint, bucket, prefix="", overwrite=overwrite)))
         made.append(sink)
         return sink
 

@@ -18,7 +18,7 @@ import pytest
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.s3 import STAGING_DIR, S3Options, S3Sink
 from streamproxy.sweep import format_age
-from tests.conftest import PART, incomplete_uploads, objects
+from tests.conftest import PART, incomplete_uploads, objects, s3_settings
 
 HOUR = 3600.0
 
@@ -34,7 +34,7 @@ def _initiated(s3: Any, bucket: str) -> float:
 
 
 async def _sink(moto_endpoint: str, bucket: str, prefix: str = "rec/") -> S3Sink:
-    sink = S3Sink(S3Options(bucket=bucket, prefix=prefix, endpoint_url=moto_endpoint))
+    sink = S3Sink(S3Options.from_settings(s3_settings(moto_endpoint, bucket, prefix)))
     await sink.start()
     return sink
 

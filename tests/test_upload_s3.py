@@ -368,7 +368,7 @@ async def test_virtual_hosted_url_on_aws() -> None:
     """Without a custom endpoint the URL is virtual-hosted, as the PHP sample builds it."""
     from streamproxy.sinks.s3 import S3Options, S3Sink
 
-    sink = S3Sink(S3Options(bucket="calls", region="eu-central-1"))
+    sink = S3Sink(S3Options.from_settings(s3_settings(None, "calls", s3_region="eu-central-1"), endpoint_url=None))
     await sink.start()
     try:
         assert sink.object_url("rec/call 7.wav") == "https://calls.s3.eu-central-1.amazonaws.com/rec/call%207.wav"

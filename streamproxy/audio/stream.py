@@ -239,6 +239,12 @@ class AudioStream:
 
     async def _filled(self, *, last: bool, unhashed_tail: int = 0) -> None:
         """Hand on the buffer just filled: hash its received bytes, then ship it (or hold it as the head)."""
+        if self._hashing is not None:
+            # sha256 is order-dependent; the previous part is long done by now. Wait before taking
+            # the buffer out of self._buffer: a cancellation here (the client vanished) must leave
+            # it where discard() gives it back, or the budget loses a buffer for good.
+            await self._hashing
+            self._hashing = None
         part, self._buffer = self._buffer, None
         assert part is not None
         first = self._parts == 1
@@ -253,7 +259,7 @@ class AudioStream:
 
     async def _hash(self, part: PartBuffer, start: int, end: int) -> None:
         if self._hashing is not None:
-            await self._hashing  # sha256 is order-dependent; the previous part is long done by now
+            await self._hashing  # already awaited by _filled; kept for any other caller
         part.retain()
         view = part.view[start:end]
         # hashlib releases the GIL on large buffers: hashing runs on the second core.

@@ -18,7 +18,7 @@ in front of headerless G.711). A writer supports that in one of two ways, declar
 the sha256 of the stored bytes in ``Stored.sha256`` (it had to hash them itself) and stores it as
 the ``sha256`` metadata or tag instead of the one it was given.
 
-Implementations: ``S3Sink`` (sinks.s3), ``FileSink`` (sinks.fs), ``MemorySink`` (sinks.memory).
+Implementations: ``S3Sink`` (the sinks.s3 package), ``FileSink`` (sinks.fs), ``MemorySink`` (sinks.memory).
 Sinks raise only ``streamproxy.errors`` exceptions and never import aiohttp's web layer.
 """
 
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
-from ..config import Settings
 from ..parts import PartBuffer
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "Stored",
     "SweepItem",
     "Writer",
-    "build_sink",
+    "WriterBase",
 ]
 
 
@@ -124,6 +124,26 @@ class PatchingWriter(Writer, HeaderPatching, Protocol):
     """A writer that patches its first bytes in place."""
 
 
+class WriterBase:
+    """Makes a writer an async context manager: leaving the block on an exception aborts the upload.
+
+    As in smart_open, ``complete()`` finishes the upload and an exception inside the block undoes it;
+    a block left without either is aborted too, so every upload ends in complete or abort.
+    """
+
+    async def abort(self) -> None:  # pragma: no cover - every writer defines its own
+        """Remove every trace of this upload (each writer defines it)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.abort()  # idempotent, and a no-op after a successful complete()
+
+
 class Sink(Protocol):
     """A storage destination."""
 
@@ -153,42 +173,3 @@ class Sink(Protocol):
 
     async def sweep(self, older_than: float, *, dry_run: bool, now: float | None = None) -> list[SweepItem]:
         """Remove leftovers of interrupted uploads older than ``older_than`` seconds (``now``: a Unix time)."""
-
-
-def build_sink(settings: Settings) -> Sink:
-    """Build the sink that ``settings.storage`` names (not started yet)."""
-    storage = settings.storage
-    if storage.scheme == "s3":
-        from .s3 import S3Options, S3Sink
-
-        capacity = settings.max_buffer_bytes // settings.part_size
-        return S3Sink(
-            S3Options(
-                bucket=storage.bucket,
-                prefix=storage.prefix,
-                endpoint_url=settings.endpoint_url,
-                region=settings.s3_region,
-                part_size=settings.part_size,
-                part_concurrency=settings.part_concurrency,
-                overwrite=settings.overwrite,
-                checksum=settings.checksum,
-                max_attempts=settings.s3_max_attempts,
-                ca_bundle=settings.s3_ca_bundle,
-                url_mode=settings.url_mode,
-                presign_expires=settings.presign_expires,
-                sse=settings.sse,
-                sse_kms_key_id=settings.sse_kms_key_id,
-                storage_class=settings.storage_class,
-                object_lock_mode=settings.object_lock_mode,
-                object_lock_days=settings.object_lock_days,
-                object_lock_legal_hold=settings.object_lock_legal_hold,
-                tags=settings.tags,
-                read_timeout=settings.s3_timeout,
-                connect_timeout=min(10.0, settings.s3_timeout),
-                # every buffer in the budget may be on the wire at once, plus room for control calls
-                max_pool_connections=capacity + 8,
-            )
-        )
-    from .fs import FileSink
-
-    return FileSink(storage.path, overwrite=settings.overwrite)

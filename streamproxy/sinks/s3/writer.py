@@ -1,0 +1,267 @@
+"""``S3Writer``: one upload into S3, as a single PUT, a direct multipart upload, or staged then copied.
+
+* A recording that fits one part arrives as a single part marked ``last`` and is stored with one
+  ``PutObject`` (no multipart upload ever exists for it).
+* Otherwise a ``MultipartUpload`` with up to ``part_concurrency`` parts in flight (each keeps its
+  buffer until S3 accepted it, so botocore can resend it on retry). Any failure aborts it.
+* Each upload writes a random ``streamproxy-upload-id`` into the object's metadata, so the final
+  write can tell a lost answer from someone else's object (``upload.final_write``).
+* A name that arrives after the file: the bytes go to ``<prefix>.streamproxy-staging/<id>``, and
+  ``complete(key=...)`` copies them server-side (a second ``MultipartUpload`` of copy-parts, so
+  any size works, with the same conditional complete) and deletes the staging object.
+* sha256 and size are known only at the end, after a multipart upload's metadata is fixed: they
+  are stored as metadata where the object is written whole (single PUT, staged copy) and as the
+  object tags ``sha256`` / ``size`` on a direct multipart upload.
+* A header known only at the end (``HeadLast``: WAV in front of headerless G.711): parts 2..N
+  are uploaded as they come and part 1, header included, last; S3 assembles parts by number.
+  The sha256 of the object then needs its first bytes first, so after the complete the writer
+  reads the rest of the object back (one streaming ranged GET, hashed in 1 MiB pieces in a
+  worker thread) behind the hash of part 1. That costs one download of the recording; it also
+  shows that what S3 holds has the expected length. If it fails, the object just written is
+  removed again and the upload fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from ...errors import BadRequest, KeyExists, StorageError, StorageFailed
+from ...parts import PartBuffer
+from ...tags import merge_tags
+from .. import Stored, WriterBase
+from .checksums import multipart_checksum_algorithm
+from .client import UPLOAD_ID_META, S3Client, map_error
+from .upload import MultipartUpload, final_write, put_part
+
+__all__ = ["COPY_PART_SIZE", "STAGING_DIR", "S3Writer"]
+
+log = structlog.get_logger("streamproxy.s3")
+
+STAGING_DIR = ".streamproxy-staging/"
+COPY_PART_SIZE = 512 * 1024 * 1024  # server-side copy parts: few calls, well under S3's 5 GiB cap
+READ_BACK_CHUNK = 1024 * 1024
+
+
+class S3Writer(WriterBase):
+    """One upload into S3; see the module docstring for the sequence of calls."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        key: str | None,
+        content_type: str,
+        metadata: Mapping[str, str],
+        tags: Mapping[str, str],
+    ) -> None:
+        self._s3 = client
+        self._o = client.options
+        self._token = uuid.uuid4().hex
+        self._final_key = key
+        self._staged = key is None
+        self._key = key if key is not None else f"{self._o.prefix}{STAGING_DIR}{self._token}"
+        self._content_type = content_type
+        self._metadata = {**metadata, UPLOAD_ID_META: self._token}
+        self._early_tags = dict(tags)  # tags known at open: a direct multipart upload starts with them
+        self._single: PartBuffer | None = None
+        self._upload: MultipartUpload | None = None  # the direct upload, or the staging object's
+        self._copy: MultipartUpload | None = None  # the staged path's server-side copy
+        self._staging_written = False
+        self._size = 0
+        self._finished = False
+        self._head_deferred = False
+        self._head_sha: Any = None  # hashlib state of part 1 (header included), when it came last
+        self._head_length = 0
+
+    def defer_head(self) -> None:
+        """Part 1 comes last (``write_head``): the parts that come first are numbered from 2."""
+        self._head_deferred = True
+
+    async def write_head(self, part: PartBuffer) -> None:
+        """Upload part 1 after the others, or keep it for a single PUT if it is the whole recording."""
+        if self._upload is not None and self._upload.error is not None:
+            part.release()
+            raise self._upload.error
+        self._size += part.length
+        if self._upload is None:
+            self._single = part
+            return
+        try:
+            self._head_sha = await asyncio.to_thread(hashlib.sha256, part.view)
+        except BaseException:
+            part.release()
+            raise
+        self._head_length = part.length
+        await self._upload.part(part, number=1)
+
+    async def write(self, part: PartBuffer, *, last: bool = False) -> None:
+        """Keep a lone last part for a single PUT; otherwise run a multipart upload with bounded concurrency."""
+        if self._upload is not None and self._upload.error is not None:
+            part.release()
+            raise self._upload.error
+        self._size += part.length
+        if self._upload is None:
+            if last and not self._head_deferred:
+                self._single = part  # the whole recording fits one part: complete() PUTs it
+                return
+            upload = MultipartUpload(self._s3, self._key)
+            if self._head_deferred:
+                upload.skip_first()
+            try:
+                await upload.create(
+                    ContentType=self._content_type,
+                    Metadata=self._metadata,
+                    **multipart_checksum_algorithm(self._o.checksum),
+                    **(self._o.encryption_args() if self._staged else self._o.object_args(self._early_tags)),
+                )
+            except BaseException:
+                part.release()
+                raise
+            self._upload = upload
+        await self._upload.part(part)
+
+    async def complete(
+        self,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Stored:
+        """Finish the upload (single PUT, multipart complete, or staged copy); abort and raise on failure.
+
+        ``tags`` are added to the configured ones; after a direct multipart upload, whose
+        metadata was fixed at its start, ``metadata`` joins them as tags too.
+        """
+        final_key = key or self._final_key
+        extra = dict(metadata or {})
+        request_tags = dict(tags or {})
+        digest: str | None = None
+        try:
+            if final_key is None:
+                raise BadRequest("no key for the upload", code="missing_field")
+            if self._upload is None:
+                await self._put_single(extra, request_tags, conditional=not self._staged)
+                etag_parts = 1
+            else:
+                await self._upload.complete(conditional=not self._staged, token=self._token)
+                etag_parts = self._upload.part_count
+                if self._head_sha is not None:
+                    digest = extra["sha256"] = await self._read_back(self._key)
+            if self._staged:
+                self._staging_written = True
+                await self._move(final_key, extra, request_tags)
+            elif etag_parts > 1 and (extra or request_tags):
+                await self._tag(final_key, merge_tags(dict(self._o.tags), request_tags, extra))
+        except BaseException:
+            await self.abort()
+            raise
+        self._finished = True
+        url = await self._s3.url_for(final_key)
+        return Stored(key=final_key, url=url, bucket=self._o.bucket, parts=etag_parts, sha256=digest)
+
+    async def _read_back(self, key: str) -> str:
+        """Hash the stored object: part 1's hash continued over the rest, read back (see the module docstring)."""
+        sha, expected = self._head_sha, self._size - self._head_length
+        read = 0
+        try:
+            response = await self._s3.call(
+                "GetObject", Bucket=self._o.bucket, Key=key, Range=f"bytes={self._head_length}-"
+            )
+            body = response["Body"]
+            try:
+                while chunk := await body.read(READ_BACK_CHUNK):
+                    await asyncio.to_thread(sha.update, chunk)
+                    read += len(chunk)
+            except Exception as exc:
+                raise map_error("GetObject", exc) from exc
+            finally:
+                body.close()
+            if read != expected:
+                raise StorageFailed(f"S3 read back {read} bytes after part 1 of {key!r}, expected {expected}")
+        except BaseException:
+            if not self._staged:  # a staging object is removed by abort()
+                await self._remove_completed(key)
+            raise
+        return str(sha.hexdigest())
+
+    async def _remove_completed(self, key: str) -> None:
+        """Delete the object this upload just completed, so that a failed answer leaves nothing behind."""
+        try:
+            if await self._s3.is_ours(key, self._token):
+                await self._s3.call("DeleteObject", Bucket=self._o.bucket, Key=key)
+        except (StorageError, KeyExists) as exc:
+            log.error("read_back_cleanup_failed", key=key, error=str(exc), hint="delete the object by hand")
+
+    async def _put_single(self, extra: Mapping[str, str], tags: Mapping[str, str], *, conditional: bool) -> None:
+        single, self._single = self._single, None
+        try:
+            body, checksum = await put_part(self._s3, single.view if single is not None else memoryview(b""))
+            kwargs: dict[str, Any] = dict(
+                Bucket=self._o.bucket,
+                Key=self._key,
+                Body=body,
+                ContentType=self._content_type,
+                Metadata={**self._metadata, **extra},
+                **checksum,
+                **(self._o.encryption_args() if self._staged else self._o.object_args(tags)),
+            )
+            await final_write("PutObject", self._s3, self._key, kwargs, conditional=conditional, token=self._token)
+        finally:
+            if single is not None:
+                single.release()
+
+    async def _move(self, final_key: str, extra: Mapping[str, str], tags: Mapping[str, str]) -> None:
+        """Copy the staging object to its final key server-side, then delete the staging object."""
+        self._copy = MultipartUpload(self._s3, final_key)
+        await self._copy.create(
+            ContentType=self._content_type, Metadata={**self._metadata, **extra}, **self._o.object_args(tags)
+        )
+        source = {"Bucket": self._o.bucket, "Key": self._key}
+        step = max(self._o.part_size, COPY_PART_SIZE)
+        for start in range(0, self._size, step):
+            await self._copy.copy_part(source, start, min(start + step, self._size) - 1)
+        await self._copy.complete(conditional=True, token=self._token)
+        # The recording is stored now: a staging copy we cannot delete is sweep's job, not a failure.
+        try:
+            await self._delete_staging()
+        except (StorageError, KeyExists) as exc:
+            self._staging_written = False
+            log.error("staging_delete_failed", key=self._key, error=str(exc), hint="run streamproxy sweep")
+
+    async def _tag(self, key: str, extra: Mapping[str, str]) -> None:
+        # The object is stored at this point: a failed tag is worth a warning, not a failed upload.
+        # PutObjectTagging replaces the whole set, so ``extra`` is the merged set (at most 10).
+        tags = [{"Key": k, "Value": v} for k, v in extra.items()]
+        try:
+            await self._s3.call("PutObjectTagging", Bucket=self._o.bucket, Key=key, Tagging={"TagSet": tags})
+        except (StorageError, KeyExists) as exc:
+            log.warning("tagging_failed", key=key, error=str(exc))
+
+    async def _delete_staging(self) -> None:
+        if self._staging_written:
+            await self._s3.call("DeleteObject", Bucket=self._o.bucket, Key=self._key)
+            self._staging_written = False
+
+    async def abort(self) -> None:
+        """Cancel part uploads, abort multipart uploads, delete staging bytes. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        await asyncio.shield(self._abort())
+
+    async def _abort(self) -> None:
+        if self._single is not None:
+            self._single.release()
+            self._single = None
+        for upload in (self._upload, self._copy):
+            if upload is not None:
+                await upload.abort()
+        try:
+            await self._delete_staging()
+        except (StorageError, KeyExists) as exc:
+            log.error("staging_delete_failed", key=self._key, error=str(exc), hint="run streamproxy sweep")
