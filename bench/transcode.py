@@ -261,10 +261,12 @@ def markdown(result: dict[str, Any]) -> str:
     if server:
         lines.append("")
         lines.append(
-            "Through the server: "
+            "Through the server (idle RSS before the upload in brackets): "
             + "; ".join(
-                f"`{fmt}` {run['seconds']:.0f} s for the upload, stored {run['stored'] / 1e6:.1f} MB, "
-                f"decoded by ffmpeg to {run['decoded_seconds']:.1f} s, {run['tmp_files']} files in TMPDIR"
+                f"`{fmt}` [{run['idle_rss'] / MIB:.0f} MiB] {run['seconds']:.0f} s for the upload, "
+                f"stored {run['stored'] / 1e6:.1f} MB, decoded by ffmpeg to {run['decoded_seconds']:.1f} s"
+                + (f", {run['tmp_files']} files in TMPDIR" if "tmp_files" in run else "")
+                + (f" ({run['note']})" if "note" in run else "")
                 for fmt, run in server.items()
             )
             + "."
