@@ -127,7 +127,9 @@ class Bench:
         return [
             PY, "-m", "streamproxy", "serve", "--port", str(port), "--storage", f"s3://{BUCKET}/",
             "--s3-endpoint-url", endpoint or self.endpoint, "--log-level", "warning", "--log-format", "json",
-            "--max-upload-bytes", "16GiB", *extra,
+            "--max-upload-bytes", "16GiB",
+            # the bench moves opaque bytes, compared byte for byte with its peers': store them as they came
+            "--raw-audio", "none", "--key-template", "{filename}.wav", *extra,
         ]  # fmt: skip
 
     def streamproxy(self, file: Path) -> Run:
