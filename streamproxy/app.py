@@ -12,6 +12,7 @@ from .audio import TRANSCODED_FORMATS, load_encoders
 from .audio.stream import AudioPolicy
 from .auth import GUARDS, Guard, Guards
 from .config import Settings
+from .connections import CONNECTIONS, ConnectionStats
 from .handlers import (
     INGEST,
     ROUTE_INGESTS,
@@ -61,6 +62,8 @@ def make_app(
     app[POOL] = pool
     app[ADMISSION] = admission
     app[METRICS] = metrics
+    app[CONNECTIONS] = ConnectionStats()
+    metrics.track_connections(app[CONNECTIONS], settings.max_connections)
     app[READINESS] = Readiness(sink, admission, metrics)
     app[INGEST] = _ingest(settings, sink, pool, metrics)
     app[GUARDS] = Guards()

@@ -15,10 +15,13 @@ from .config import (
     DEFAULT_ACCEPT_TYPES,
     DEFAULT_CHECKSUM,
     DEFAULT_FILE_FIELD,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_HOST,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_KEY_TEMPLATE,
     DEFAULT_MAX_BUFFER_BYTES,
     DEFAULT_MAX_CONCURRENT_UPLOADS,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_UPLOAD_SECONDS,
     DEFAULT_PART_CONCURRENCY,
@@ -232,6 +235,21 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
         DEFAULT_SHUTDOWN_TIMEOUT,
         "on SIGTERM/SIGINT, seconds uploads in flight may take to finish before they are aborted",
     )
+    options.add(
+        "--header-timeout",
+        parse_duration,
+        DEFAULT_HEADER_TIMEOUT,
+        "seconds a new connection may take to send its request line and headers before 408 and close (0: off)",
+    )
+    options.add(
+        "--keepalive-timeout",
+        parse_duration,
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        "seconds an idle kept-alive connection stays open",
+    )
+    options.add(
+        "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "open connections before new ones get 503 busy (0: no cap)"
+    )
     _security_options(options)
     _log_options(options)
 
@@ -248,6 +266,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
         "--older-than", parse_duration, None, "remove only leftovers older than this (90s, 15m, 24h, 7d); required"
     )
     sweep_options.add("--dry-run", _flag_bool, False, "list what would be removed, remove nothing")
+    sweep_options.add(
+        "--metrics-file", str, None, "also write the findings here for node_exporter's textfile collector (*.prom)"
+    )
     _log_options(sweep_options)
     return parser, {"serve": options, "check": check_options, "sweep": sweep_options}
 
@@ -312,6 +333,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def _serve(settings: Settings) -> int:
     from .app import make_app
+    from .connections import ConnectionLimits
     from .lifecycle import serve
 
     ssl_context = None
@@ -333,6 +355,8 @@ def _serve(settings: Settings) -> int:
                 port=settings.port,
                 shutdown_timeout=settings.shutdown_timeout,
                 ssl_context=ssl_context,
+                limits=ConnectionLimits(settings.header_timeout, settings.max_connections),
+                keepalive_timeout=settings.keepalive_timeout,
             )
         )
     except OSError as exc:

@@ -57,6 +57,13 @@ DEFAULT_ACCEPT_TYPES: tuple[str, ...] = ("audio/*", "application/octet-stream", 
 MIN_AUDIO_BITRATE = 6000  # Opus' floor
 MAX_AUDIO_BITRATE = 512000
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+# Connections (streamproxy/connections.py): a request head normally arrives in one packet; 10 s allows
+# a slow mobile link. Idle keep-alive connections outlive nginx's default upstream keepalive_timeout
+# (60 s), so the proxy closes first and never sends a request on a connection being closed here.
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+# Below the common open-file limit of 1024 with the S3 connections of 64 uploads (4 parts each).
+DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_MAX_UPLOAD_SECONDS = 3600.0
 MIN_TOKEN_CHARS = 16
 URL_MODES = ("object", "presigned", "s3uri")
@@ -227,6 +234,10 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    metrics_file: str | None = None
     write_probe: bool = False
     older_than: float | None = None
     dry_run: bool = False
@@ -285,6 +296,16 @@ class Settings:
             raise ConfigError(f"--log-level {self.log_level!r}: choose debug, info, warning or error")
         if self.shutdown_timeout < 0:
             raise ConfigError("--shutdown-timeout must not be negative")
+        if self.header_timeout < 0:
+            raise ConfigError("--header-timeout must not be negative (0 turns it off)")
+        if self.keepalive_timeout <= 0:
+            raise ConfigError("--keepalive-timeout must be positive")
+        if self.max_connections < 0:
+            raise ConfigError("--max-connections must not be negative (0: no cap)")
+        if 0 < self.max_connections < self.max_concurrent_uploads:
+            raise ConfigError(
+                "--max-connections must be at least --max-concurrent-uploads (each upload is a connection)"
+            )
         if self.older_than is not None and self.older_than < 0:
             raise ConfigError("--older-than must not be negative")
         try:

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from .connections import CONNECTIONS, ConnectionLimits, ConnectionStats, GuardedSite
 from .errors import StreamproxyError, Unavailable
 from .metrics import METRICS, Metrics
 from .sinks import Sink
@@ -217,15 +218,37 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "failure", "error": code, "message": problem}, status=503)
 
 
+_UNLIMITED = ConnectionLimits(header_timeout=0, max_connections=0)
+
+
 async def serve(
-    app: web.Application, *, host: str, port: int, shutdown_timeout: float, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: ConnectionLimits = _UNLIMITED,
+    keepalive_timeout: float = 75.0,
 ) -> None:
-    """Serve ``app`` (HTTPS with ``ssl_context``) until SIGTERM or SIGINT, then drain as the module docstring says."""
+    """Serve ``app`` (HTTPS with ``ssl_context``) until SIGTERM or SIGINT, then drain as the module docstring says.
+
+    Connections pass through the guard of connections.py (``limits``); aiohttp closes kept-alive
+    connections idle for ``keepalive_timeout`` seconds.
+    """
     admission = app[ADMISSION]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_RUNNER_SHUTDOWN)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=_RUNNER_SHUTDOWN,
+        keepalive_timeout=keepalive_timeout,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = GuardedSite(
+            runner, host, port, limits, stats=app.get(CONNECTIONS, ConnectionStats()), ssl_context=ssl_context
+        )
         await site.start()
         log.info("listening", host=host, port=port, tls=ssl_context is not None, storage=app[READINESS].storage)
         stop, hurry = asyncio.Event(), asyncio.Event()

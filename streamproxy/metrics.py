@@ -8,15 +8,18 @@ so the sink's ``observe`` hook can add its retries to the upload that caused the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from . import __version__
+from .connections import ConnectionStats
 from .parts import PartBuffer
 from .sinks import (
     HeaderPatching,
@@ -121,6 +124,18 @@ class Metrics:
         self.buffer_in_use.set_function(buffer_in_use)
         self.buffer_capacity.set(buffer_capacity)
 
+    def track_connections(self, stats: ConnectionStats, limit: int) -> None:
+        """Export what the connection guard counts (``--max-connections`` is ``limit``; 0: no cap)."""
+        Gauge("streamproxy_connections_open", "Client connections open right now", registry=self.registry).set_function(
+            lambda: stats.open
+        )
+        Gauge(
+            "streamproxy_connections_max",
+            "The cap on open connections (--max-connections; 0: none)",
+            registry=self.registry,
+        ).set(limit)
+        self.registry.register(_ConnectionCounters(stats))
+
     def observe_s3(self, operation: str, seconds: float, retries: int) -> None:
         """Record one S3 call (the ``S3Sink.observe`` hook) and add its retries to the current upload."""
         self.s3_duration.labels(operation=operation).observe(seconds)
@@ -139,6 +154,25 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+
+
+class _ConnectionCounters(Collector):
+    """The guard's counts as counters, read at scrape time (the guard stays free of prometheus-client)."""
+
+    def __init__(self, stats: ConnectionStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "streamproxy_connections_refused",
+            "Connections refused with 503 busy because --max-connections were open",
+            value=self._stats.refused,
+        )
+        yield CounterMetricFamily(
+            "streamproxy_connections_header_timeouts",
+            "Connections closed with 408 because their request head took longer than --header-timeout",
+            value=self._stats.header_timeouts,
+        )
 
 
 class InstrumentedSink:

@@ -10,13 +10,20 @@ was removed (or ``--dry-run``), 1 if listing or any removal failed.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Sequence
 from typing import TextIO
+
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from .config import Settings
 from .errors import StorageError
+from .sinks import SweepItem
 from .wiring import build_sink
 
-__all__ = ["format_age", "run_sweep"]
+__all__ = ["KINDS", "format_age", "run_sweep", "write_metrics"]
+
+KINDS = ("multipart_upload", "staging_object", "temp_file")
 
 
 def format_age(seconds: float) -> str:
@@ -49,9 +56,13 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
         items = await sink.sweep(older_than, dry_run=settings.dry_run)
     except StorageError as exc:
         print(f"FAIL  could not list leftovers: {exc.message}", file=out)
+        if settings.metrics_file:
+            write_metrics(settings.metrics_file, None)
         return 1
     finally:
         await sink.close()
+    if settings.metrics_file:
+        write_metrics(settings.metrics_file, items)
     failed = 0
     for item in items:
         if item.error:
@@ -64,3 +75,25 @@ async def run_sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     removed = 0 if settings.dry_run else len(items) - failed
     print(f"summary: {len(items)} found, {removed} removed, {failed} failed{dry}", file=out)
     return 1 if failed else 0
+
+
+def write_metrics(path: str, items: Sequence[SweepItem] | None, *, now: float | None = None) -> None:
+    """Write what this run found for node_exporter's textfile collector (``--metrics-file``).
+
+    ``items`` is None when listing failed. The file is replaced whole (written beside it, then
+    renamed), so the collector never reads half a file; each run overwrites the last one's figures.
+    """
+    registry = CollectorRegistry()
+    found = Gauge("streamproxy_sweep_leftovers", "Leftovers the last sweep found, by kind", ["kind"], registry=registry)
+    for kind in KINDS:
+        found.labels(kind=kind).set(sum(1 for item in items or () if item.kind == kind))
+    failed = Gauge(
+        "streamproxy_sweep_failures",
+        "Leftovers the last sweep could not remove (1 if it could not list)",
+        registry=registry,
+    )
+    failed.set(1 if items is None else sum(1 for item in items if item.error))
+    Gauge(
+        "streamproxy_sweep_last_run_timestamp_seconds", "When the last sweep ended (Unix time)", registry=registry
+    ).set(time.time() if now is None else now)
+    write_to_textfile(path, registry)

@@ -264,3 +264,13 @@ async def test_an_encoder_that_cannot_decode_is_a_415_and_nothing_stays() -> Non
     with pytest.raises(UnsupportedMediaType, match="cannot be decoded: Invalid data"):
         await _run(sink, bytes(20000), policy=AudioPolicy(store_format="mp3", encoders=_Broken))
     assert sink.objects == {} and sink.aborted == 1
+
+
+async def test_g711_beyond_what_a_riff_size_can_hold_is_413(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WAV's sizes are 32-bit: past that, the answer names --store-format original (limit lowered to test it)."""
+    monkeypatch.setattr("streamproxy.audio.stream.MAX_WAV_DATA", 10_001)
+    sink = MemorySink()
+    with pytest.raises(PayloadTooLarge, match="--store-format original"):
+        await _run(sink, bytes(20_000))
+    assert sink.objects == {}  # decided before a writer was opened
+    _, _ = await _run(sink, bytes(20_000), policy=AudioPolicy(store_format="original"))  # stored as it came

@@ -27,7 +27,6 @@ async def _generate(hasher: Any) -> Any:
 async def test_512_mib_upload_stays_under_the_budget(moto_endpoint: str, s3: Any, bucket: str) -> None:
     """Peak RSS of the server process stays below its idle RSS plus --max-buffer-bytes."""
     args = ["--storage", f"s3://{bucket}/", "--s3-endpoint-url", moto_endpoint, "--max-buffer-bytes", "64MiB"]
-    args += ["--raw-audio", "none", "--key-template", "{filename}.wav"]  # opaque bytes, stored as they came
     with streamproxy_server(args) as (proc, base):
         idle = rss_kib(proc.pid, "VmRSS") * 1024
         sent = hashlib.sha256()

@@ -130,9 +130,7 @@ class AudioStream:
         await self._process(chunk)
 
     def _limit(self) -> int:
-        if self.plan is not None and self.plan.header == "g711":
-            return min(self._max_bytes, MAX_WAV_DATA - 1)  # minus the pad byte
-        return self._max_bytes
+        return self._limit_for(self.plan) if self.plan is not None else self._max_bytes
 
     def _too_large(self, limit: int) -> PayloadTooLarge:
         if limit < self._max_bytes:
@@ -182,6 +180,7 @@ class AudioStream:
         await self._process(sniffed)
 
     def _limit_for(self, chosen: Plan) -> int:
+        # A RIFF size is 32 bits: the samples, the header and the pad byte must fit.
         return min(self._max_bytes, MAX_WAV_DATA - 1) if chosen.header == "g711" else self._max_bytes
 
     async def _process(self, data: bytes) -> None:
@@ -258,8 +257,7 @@ class AudioStream:
         await self.writer.write(part, last=last)
 
     async def _hash(self, part: PartBuffer, start: int, end: int) -> None:
-        if self._hashing is not None:
-            await self._hashing  # already awaited by _filled; kept for any other caller
+        assert self._hashing is None, "_filled waits for the previous part's hash"
         part.retain()
         view = part.view[start:end]
         # hashlib releases the GIL on large buffers: hashing runs on the second core.
