@@ -8,6 +8,8 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .audio import TRANSCODED_FORMATS, load_encoders
+from .audio.stream import AudioPolicy
 from .auth import GUARDS, Guard, Guards
 from .config import Settings
 from .connections import CONNECTIONS, ConnectionStats
@@ -131,7 +133,13 @@ def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) 
         file_field=settings.file_field,
         accept_types=settings.accept_types,
         max_upload_seconds=settings.max_upload_seconds,
-        require_wav=settings.require_wav,
+        audio=AudioPolicy(
+            raw_audio=settings.raw_audio,
+            store_format=settings.store_format,
+            require_audio=settings.require_audio,
+            bitrate=settings.audio_bitrate,
+            encoders=load_encoders() if settings.store_format in TRANSCODED_FORMATS else None,
+        ),
         tag_fields=settings.tag_fields,
         manifest=settings.manifest,
         manifest_sink=sink,

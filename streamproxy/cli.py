@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from .audio import DEFAULT_RAW_AUDIO, DEFAULT_STORE_FORMAT
 from .config import (
     DEFAULT_ACCEPT_TYPES,
     DEFAULT_CHECKSUM,
@@ -39,6 +40,7 @@ from .config import (
     ConfigError,
     Settings,
     StorageURI,
+    parse_bitrate,
     parse_duration,
     parse_size,
 )
@@ -266,7 +268,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
     options.add(
         "--accept-types", _types, ",".join(DEFAULT_ACCEPT_TYPES), "comma-separated recording content types accepted"
     )
-    options.add("--require-wav", _flag_bool, False, "refuse recordings that are not WAV files (415 not_wav)")
+    options.add("--require-audio", _flag_bool, False, "refuse recordings that are not audio (415 not_audio)")
+    options.add("--require-wav", _flag_bool, False, "old name of --require-audio")
+    options.add("--raw-audio", str, DEFAULT_RAW_AUDIO, "how headerless bytes without a hint are read: ulaw, alaw, none")
+    options.add("--store-format", str, DEFAULT_STORE_FORMAT, "what to store: wav, original, wav-pcm16, mp3, opus, flac")
+    options.add("--audio-bitrate", parse_bitrate, None, "bitrate of mp3 and opus output in bit/s (e.g. 24k)")
     options.add(
         "--shutdown-timeout",
         parse_duration,
@@ -349,6 +355,9 @@ def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:
         values.get("notify_list") or values.get("notify_retry") or values.get("notify_drop")
     ):
         raise ConfigError("notify needs --list, --retry NAME or --drop NAME")
+    if "require_wav" in values:  # the old flag is an alias
+        alias = values.pop("require_wav")
+        values["require_audio"] = values["require_audio"] or alias
     if args.command == "sweep" and values.get("older_than") is None:
         raise ConfigError("sweep needs --older-than DURATION (for example 24h): leftovers younger than it may be live")
     settings = Settings(**values)

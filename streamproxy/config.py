@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .audio import DEFAULT_RAW_AUDIO, DEFAULT_STORE_FORMAT, RAW_AUDIO, STORE_FORMATS, TRANSCODED_FORMATS, load_encoders
+from .audio.formats import G711_TYPES
 from .errors import ConfigError
 from .keys import KeyTemplate
 from .notify.targets import MIN_SECRET_CHARS, check_target
@@ -27,6 +29,7 @@ __all__ = [
     "Route",
     "Settings",
     "StorageURI",
+    "parse_bitrate",
     "parse_duration",
     "parse_size",
 ]
@@ -44,14 +47,17 @@ DEFAULT_MAX_BUFFER_BYTES = 256 * MIB
 DEFAULT_MAX_UPLOAD_BYTES = 8 * GIB
 DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_MAX_CONCURRENT_UPLOADS = 64
-DEFAULT_KEY_TEMPLATE = "{filename}.wav"
+DEFAULT_KEY_TEMPLATE = "{filename}{ext}"
 DEFAULT_FILE_FIELD = "recording"
 DEFAULT_CHECKSUM = "auto"
 # "auto": full-object CRC64NVME on AWS, elsewhere the strongest mode the store verifies (sinks/s3/adapt.py).
 CHECKSUMS = ("auto", "md5", "crc32", "crc32c", "crc64nvme", "sha256", "none")
 DEFAULT_S3_MAX_ATTEMPTS = 5
 DEFAULT_S3_TIMEOUT = 60.0
-DEFAULT_ACCEPT_TYPES = ("audio/*", "application/octet-stream")
+# audio/* covers the G.711 types already; naming them keeps them accepted if audio/* is narrowed.
+DEFAULT_ACCEPT_TYPES: tuple[str, ...] = ("audio/*", "application/octet-stream", *G711_TYPES)
+MIN_AUDIO_BITRATE = 6000  # Opus' floor
+MAX_AUDIO_BITRATE = 512000
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 # Connections (streamproxy/connections.py): a request head normally arrives in one packet; 10 s allows
 # a slow mobile link. Idle keep-alive connections outlive nginx's default upstream keepalive_timeout
@@ -103,6 +109,16 @@ def parse_size(text: str | int) -> int:
         raise ConfigError(f"{text!r} is not a size (examples: 8388608, 8MiB, 256M, 4GiB)")
     number, unit = int(match.group(1)), match.group(2).lower()
     return number * {"": 1, "k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}[unit]
+
+
+def parse_bitrate(text: str | int) -> int:
+    """Parse ``24000``, ``24k`` or ``24kbps`` (``k`` is 1000, as bitrates count) into bits per second."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+)\s*(k?)(?:bps|bit/s)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"{text!r} is not a bitrate (examples: 24000, 24k)")
+    return int(match.group(1)) * (1000 if match.group(2) else 1)
 
 
 def parse_duration(text: str | float) -> float:
@@ -206,7 +222,10 @@ class Settings:
     file_field: str = DEFAULT_FILE_FIELD
     checksum: str = DEFAULT_CHECKSUM
     accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
-    require_wav: bool = False
+    require_audio: bool = False
+    raw_audio: str = DEFAULT_RAW_AUDIO
+    store_format: str = DEFAULT_STORE_FORMAT
+    audio_bitrate: int | None = None
     url_mode: str = "object"
     presign_expires: int = DEFAULT_PRESIGN_EXPIRES
     sse: str | None = None
@@ -293,6 +312,7 @@ class Settings:
         for media in self.accept_types:
             if not re.fullmatch(r"[a-z0-9.+\-]+/(\*|[a-z0-9.+\-]+)", media):
                 raise ConfigError(f"--accept-types {media!r}: write a media type like audio/* or audio/wav")
+        self._validate_audio()
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"--log-format {self.log_format!r}: choose json or console")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -412,6 +432,32 @@ class Settings:
             raise ConfigError(
                 f"--host {self.host}: refusing to accept uploads from the network without --auth-token "
                 "(or pass --allow-anonymous)"
+            )
+
+    def _validate_audio(self) -> None:
+        if self.raw_audio not in RAW_AUDIO:
+            raise ConfigError(f"--raw-audio {self.raw_audio!r}: choose one of {', '.join(RAW_AUDIO)}")
+        if self.store_format not in STORE_FORMATS:
+            raise ConfigError(f"--store-format {self.store_format!r}: choose one of {', '.join(STORE_FORMATS)}")
+        if self.audio_bitrate is not None and not MIN_AUDIO_BITRATE <= self.audio_bitrate <= MAX_AUDIO_BITRATE:
+            raise ConfigError(
+                f"--audio-bitrate {self.audio_bitrate}: "
+                f"give {MIN_AUDIO_BITRATE} to {MAX_AUDIO_BITRATE} bit/s (e.g. 24k)"
+            )
+        if self.store_format in TRANSCODED_FORMATS:
+            try:
+                load_encoders()
+            except ImportError as exc:
+                raise ConfigError(f"--store-format {self.store_format}: {exc}") from None
+        if (
+            self.storage.scheme == "s3"
+            and self.store_format != "original"
+            and self.max_buffer_bytes < 2 * self.part_size
+        ):
+            # S3 takes a WAV header's part 1 last: the upload holds it while it fills others.
+            raise ConfigError(
+                f"--max-buffer-bytes {self.max_buffer_bytes} must hold two parts ({2 * self.part_size} bytes) "
+                f"for --store-format {self.store_format} on S3"
             )
 
     @property

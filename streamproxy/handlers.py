@@ -149,7 +149,7 @@ def _report(
 ) -> None:
     """Write the one log line of an upload request and count it."""
     elapsed = time.monotonic() - started
-    size = upload.received.size if upload else stats.bytes
+    size = upload.received.size if upload else stats.bytes  # what the client sent
     code = error.code if error else cancelled
     emit = log.warning if error is not None and error.status >= 500 else log.info
     emit(
@@ -316,11 +316,13 @@ def _answer(upload: Upload, manifest: str | object | None) -> dict[str, Any]:
         "status": "success",
         "url": upload.stored.url,
         "key": upload.stored.key,
-        "size": upload.received.size,
-        "sha256": upload.received.sha256,
-        "audio": upload.received.audio,
+        "size": upload.size,
+        "sha256": upload.sha256,
         "checksum": upload.stored.checksum.as_json() if upload.stored.checksum is not None else None,
     }
+    if upload.changed:  # the stored bytes are not the received ones: say what arrived too
+        body["received"] = upload.received.to_json()
+    body["audio"] = upload.audio_json
     if upload.stored.bucket is not None:
         body["bucket"] = upload.stored.bucket
     if manifest is not _NO_MANIFEST:

@@ -14,7 +14,6 @@ this module: an upload ends in ``complete`` or ``abort``, never in between.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,13 +24,15 @@ import structlog
 from aiohttp import BodyPartReader, MultipartReader
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from .audio import AudioFacts
+from .audio.formats import Hints, Plan, stored_type, strip_audio_extension
+from .audio.stream import AudioPolicy, AudioStream, Outcome
+from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
 from .lifecycle import mark_completing
-from .parts import BufferPool, PartBuffer
+from .parts import BufferPool
 from .sinks import Sink, Stored, Writer
 from .tags import sanitize_tag_key, sanitize_tag_value
-from .wav import WavInfo, WavProbe
 
 __all__ = [
     "MAX_FIELD_BYTES",
@@ -39,7 +40,6 @@ __all__ = [
     "MAX_PARTS",
     "Ingest",
     "Received",
-    "RecordingStream",
     "Upload",
     "media_type_allowed",
 ]
@@ -58,33 +58,40 @@ MAX_METADATA_BYTES = 2048  # S3's limit on user metadata, names and values toget
 _IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary", "identity")
 _META_NAME_UNSAFE = re.compile(r"[^a-z0-9-]")
 _RESERVED_META = ("sha256", "size", "audio", "mime_type", "streamproxy-upload-id")
-_SUFFIX_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".flac": "audio/flac"}
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Received:
-    """Size and sha256 of the bytes actually received."""
+    """Size, sha256 and format of the bytes actually received."""
 
     size: int
     sha256: str
-    wav: WavInfo | None = None
+    format: str | None = None  # "mulaw", "wav", "mp3", ... (None: unknown)
 
-    @property
-    def audio(self) -> dict[str, object] | None:
-        """The ``audio`` object of the answer: WAV facts, or ``None`` for anything else."""
-        return self.wav.to_json(self.size) if self.wav is not None else None
+    def to_json(self) -> dict[str, object]:
+        """Return the answer's ``received`` object."""
+        return {"size": self.size, "sha256": self.sha256, "format": self.format}
 
 
 @dataclass(frozen=True)
 class Upload:
-    """A stored recording, as the handler reports it."""
+    """A stored recording, as the handler reports it: ``size``/``sha256`` of the stored object."""
 
     stored: Stored
+    size: int
+    sha256: str
     received: Received
+    changed: bool  # the stored bytes differ from the received ones (a header in front, a transcode)
+    audio: AudioFacts | None
     content_type: str
     fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def audio_json(self) -> dict[str, object] | None:
+        """The ``audio`` object of the answer and the manifest."""
+        return self.audio.to_json() if self.audio is not None else None
 
 
 def media_type_allowed(content_type: str, accept: tuple[str, ...]) -> bool:
@@ -113,83 +120,6 @@ async def _timed(awaitable: Awaitable[T], seconds: float, deadline: _Deadline | 
                 f"the upload took longer than {deadline.limit:g} seconds", code="upload_timeout"
             ) from None
         raise RequestTimeout(f"the client sent nothing for {seconds:g} seconds") from None
-
-
-class RecordingStream:
-    """Cut incoming chunks into full part buffers, hash them in order, and hand them to a writer."""
-
-    def __init__(self, writer: Writer, pool: BufferPool, *, max_bytes: int, require_wav: bool = False) -> None:
-        self._writer = writer
-        self._pool = pool
-        self._max_bytes = max_bytes
-        self._probe = WavProbe()
-        self._require_wav = require_wav
-        self._sha = hashlib.sha256()
-        self._hashing: asyncio.Future[None] | None = None
-        self._buffer: PartBuffer | None = None
-        self.size = 0
-
-    async def feed(self, chunk: bytes) -> None:
-        """Copy ``chunk`` into part buffers, shipping each full one; enforces the size limit.
-
-        A full buffer is shipped only once the next byte arrives, so the writer always knows
-        whether a part is the last. That keeps the budget deadlock-free: no writer ever sits on
-        a buffer waiting for another one to learn whether the upload goes on.
-        """
-        if self.size + len(chunk) > self._max_bytes:
-            raise PayloadTooLarge(f"the recording is larger than the limit of {self._max_bytes} bytes")
-        self.size += len(chunk)
-        if not self._probe.done:  # only the first chunk or two: the header is a few dozen bytes
-            self._probe.feed(chunk)
-            self._check_wav()
-        view = memoryview(chunk)
-        while view:
-            buffer = self._buffer
-            if buffer is not None and buffer.length == len(buffer.data):
-                await self._ship(last=False)
-                buffer = None
-            if buffer is None:
-                buffer = self._buffer = await self._pool.acquire()
-            take = min(len(buffer.data) - buffer.length, len(view))
-            buffer.data[buffer.length : buffer.length + take] = view[:take]
-            buffer.length += take
-            view = view[take:]
-
-    async def _ship(self, *, last: bool) -> None:
-        if self._hashing is not None:
-            # sha256 is order-dependent; the previous part is long done by now. Wait before taking
-            # the buffer out of self._buffer: a cancellation here (the client vanished) must leave
-            # it where discard() gives it back, or the budget loses a buffer for good.
-            await self._hashing
-        part, self._buffer = self._buffer, None
-        assert part is not None
-        part.retain()
-        # hashlib releases the GIL on large buffers: hashing runs on the second core.
-        self._hashing = asyncio.get_running_loop().run_in_executor(None, self._sha.update, part.view)
-        self._hashing.add_done_callback(lambda _: part.release())
-        await self._writer.write(part, last=last)
-
-    def _check_wav(self) -> None:
-        if self._require_wav and self._probe.done and self._probe.info is None and self.size:
-            raise UnsupportedMediaType(f"the recording is not a WAV file: {self._probe.reason}", code="not_wav")
-
-    async def finish(self) -> Received:
-        """Ship the last part and return what was received."""
-        self._probe.finish()
-        self._check_wav()
-        if self._buffer is not None and self._buffer.length:
-            await self._ship(last=True)
-        await self.discard()
-        return Received(self.size, self._sha.hexdigest(), self._probe.info)
-
-    async def discard(self) -> None:
-        """Give back the buffer being filled and wait for hashing to let go of its part."""
-        if self._buffer is not None:
-            self._buffer.release()
-            self._buffer = None
-        if self._hashing is not None:
-            await asyncio.gather(self._hashing, return_exceptions=True)
-            self._hashing = None
 
 
 def sanitize_metadata(fields: Mapping[str, str], budget: int = MAX_METADATA_BYTES) -> dict[str, str]:
@@ -224,7 +154,7 @@ class Ingest:
         file_field: str,
         accept_types: tuple[str, ...],
         max_upload_seconds: float | None = None,
-        require_wav: bool = False,
+        audio: AudioPolicy | None = None,
         tag_fields: tuple[str, ...] = (),
         manifest: bool = False,
         manifest_sink: Sink | None = None,
@@ -238,27 +168,22 @@ class Ingest:
         self.file_field = file_field
         self.accept_types = accept_types
         self.max_upload_seconds = max_upload_seconds
-        self.require_wav = require_wav
+        self.audio = audio or AudioPolicy()
         self.tag_fields = tag_fields
         self.manifest = manifest
         # Manifests bypass the upload instrumentation: they are not recordings.
         self.manifest_sink = manifest_sink if manifest_sink is not None else sink
         self.manifest_failures = 0  # manifests not written although their recording was stored
         self.on_manifest_failure: Callable[[], None] = lambda: None
-        # "upload.wav" tells which type to store when the client sends application/octet-stream.
-        suffix = "." + key_template.rsplit(".", 1)[-1].lower() if "." in key_template else ""
-        self._default_type = _SUFFIX_TYPES.get(suffix, "application/octet-stream")
 
-    def key_for(self, filename: str | None, fields: Mapping[str, str]) -> str:
-        """Return the full object key for this upload (prefix included), or raise a 400."""
-        return join_key(self.prefix, self.template.render(filename, fields))
+    def key_for(self, filename: str | None, fields: Mapping[str, str], ext: str = "") -> str:
+        """Return the full object key for this upload (prefix included), or raise a 400.
 
-    def stored_type(self, declared: str | None) -> str:
-        """Return the content type to store: the client's, unless it is missing or generic."""
-        media = (declared or "").split(";", 1)[0].strip().lower()
-        if not media or media == "application/octet-stream":
-            return self._default_type
-        return media
+        ``filename`` loses a known audio extension first: ``{filename}{ext}`` stores
+        ``call-7.wav`` as ``call-7.wav``, not ``call-7.wav.wav``.
+        """
+        stem = strip_audio_extension(filename) if filename is not None else None
+        return join_key(self.prefix, self.template.render(stem, fields, ext=ext))
 
     def check_type(self, declared: str | None) -> None:
         """Refuse a recording whose content type is not accepted (415)."""
@@ -277,50 +202,100 @@ class Ingest:
         return _Deadline(asyncio.get_running_loop().time() + self.max_upload_seconds, self.max_upload_seconds)
 
     async def _stream(
-        self, writer: Writer, read: Callable[[], Awaitable[bytes]], deadline: _Deadline | None = None
-    ) -> Received:
-        stream = RecordingStream(writer, self.pool, max_bytes=self.max_upload_bytes, require_wav=self.require_wav)
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        deadline: _Deadline | None,
+        hints: Hints,
+        open_writer: Callable[[Plan], Awaitable[Writer]],
+    ) -> tuple[Writer, Outcome]:
+        """Stream the recording through the audio stage; the stage opens the writer once it knows the format.
+
+        On any failure the writer (if one was opened) is aborted before the error leaves.
+        """
+        stream = AudioStream(
+            self.pool, max_bytes=self.max_upload_bytes, policy=self.audio, hints=hints, open_writer=open_writer
+        )
         try:
             while chunk := await _timed(read(), self.read_timeout, deadline):
                 await stream.feed(chunk)
-            received = await stream.finish()
+            outcome = await stream.finish()
+            if outcome.received_size == 0 or stream.writer is None:
+                raise BadRequest("the recording is empty", code="empty_recording")
         except BaseException:
             await stream.discard()
+            if stream.writer is not None:
+                await stream.writer.abort()
             raise
-        if received.size == 0:
-            raise BadRequest("the recording is empty", code="empty_recording")
-        return received
+        return stream.writer, outcome
+
+    async def _complete(
+        self,
+        writer: Writer,
+        outcome: Outcome,
+        fields: Mapping[str, str],
+        content_type: str,
+        *,
+        key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Upload:
+        """Complete the writer with the facts of what is stored; abort it on failure."""
+        try:
+            mark_completing()
+            stored = await writer.complete(
+                key=key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields)
+            )
+        except BaseException:
+            await writer.abort()
+            raise
+        digest = outcome.stored_sha256 or stored.sha256
+        assert digest is not None, "a writer that put a header in front must report the stored sha256"
+        chosen = outcome.plan
+        received = Received(outcome.received_size, outcome.received_sha256, chosen.arrival.format if chosen else None)
+        changed = chosen is not None and chosen.changes_bytes
+        return Upload(stored, outcome.stored_size, digest, received, changed, outcome.audio, content_type, dict(fields))
+
+    def _opener(
+        self, name: str | None, fields: Mapping[str, str], declared: str | None, types: list[str]
+    ) -> Callable[[Plan], Awaitable[Writer]]:
+        """Open the writer once the format is known: the key's ``{ext}`` and the stored type follow it.
+
+        ``name`` ``None``: the name comes later (staged). The stored type is appended to ``types``.
+        """
+
+        async def open_writer(chosen: Plan) -> Writer:
+            key = self.key_for(name, fields, chosen.ext) if name is not None else None
+            types.append(stored_type(chosen, declared))
+            return await self.sink.open(
+                key, content_type=types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+            )
+
+        return open_writer
 
     async def raw(self, read: Callable[[], Awaitable[bytes]], *, filename: str, content_type: str | None) -> Upload:
         """Store a raw request body (PUT /recordings/{filename}, POST /recordings?filename=)."""
         deadline = self._deadline()
         self.check_type(content_type)
         fields = {"filename": check_filename(filename)}
-        key = self.key_for(filename, fields)
-        stored_type = self.stored_type(content_type)
-        writer = await self.sink.open(
-            key, content_type=stored_type, metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
-        )
-        try:
-            received = await self._stream(writer, read, deadline)
-            mark_completing()
-            stored = await writer.complete(metadata=_facts(received), tags=self.tags_for(fields))
-        except BaseException:
-            await writer.abort()
-            raise
-        return Upload(stored, received, stored_type, fields)
+        self.key_for(filename, fields, ".wav")  # a name that can never make a key fails before the body is read
+        types: list[str] = []
+        opener = self._opener(filename, fields, content_type, types)
+        writer, outcome = await self._stream(read, deadline, Hints(filename, content_type), opener)
+        return await self._complete(writer, outcome, fields, types[0])
 
     async def multipart(self, reader: MultipartReader) -> Upload:
         """Store the file field of a multipart/form-data body, whatever the order of its fields.
 
         Text fields before the file become metadata and may feed the key template. If the file
-        comes before ``filename``, the sink stages it and moves it once the name is known.
+        comes before ``filename``, the sink stages it and moves it once the name is known; with
+        no ``filename`` field at all, the file part's own ``filename=`` (without its extension)
+        names the recording.
         """
         fields: dict[str, str] = {}
         writer: Writer | None = None
         staged = False
-        received: Received | None = None
-        stored_type = ""
+        outcome: Outcome | None = None
+        part_name: str | None = None
+        types: list[str] = []
         fields_bytes = 0
         deadline = self._deadline()
         try:
@@ -334,7 +309,7 @@ class Ingest:
                 if name is None:
                     raise BadRequest("a form part has no name", code="malformed_body")
                 if name == self.file_field:
-                    if writer is not None:
+                    if writer is not None or outcome is not None:
                         raise BadRequest(f"the file field {name!r} was sent twice", code="duplicate_field")
                     declared = part.headers.get("Content-Type")
                     self.check_type(declared)
@@ -343,9 +318,10 @@ class Ingest:
                         raise BadRequest(
                             "encoded file parts are not accepted: send the bytes as they are", code="malformed_body"
                         )
-                    key = None
-                    if "filename" in fields:
-                        key = self.key_for(fields["filename"], fields)
+                    part_name = part.filename
+                    known = fields.get("filename")
+                    if known is not None:
+                        self.key_for(known, fields, ".wav")  # fail before streaming
                     else:
                         # Fields the key template needs must come before the file: fail before streaming.
                         missing = [f for f in self.template.fields if not fields.get(f)]
@@ -355,11 +331,10 @@ class Ingest:
                                 code="missing_field",
                             )
                         staged = True
-                    stored_type = self.stored_type(declared)
-                    writer = await self.sink.open(
-                        key, content_type=stored_type, metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+                    opener = self._opener(known, dict(fields), declared, types)
+                    writer, outcome = await self._stream(
+                        _chunk_reader(part), deadline, Hints(part_name, declared), opener
                     )
-                    received = await self._stream(writer, _chunk_reader(part), deadline)
                 elif part.filename is not None:
                     raise BadRequest(
                         f"unexpected file field {name!r} (the recording goes in {self.file_field!r})",
@@ -377,27 +352,28 @@ class Ingest:
                     fields[name] = value
             else:
                 raise BadRequest(f"the form has more than {MAX_PARTS} parts", code="too_many_parts")
-            if writer is None or received is None:
+            if writer is None or outcome is None or outcome.plan is None:
                 raise BadRequest(f"the file field {self.file_field!r} is missing", code="missing_field")
-            if "filename" not in fields:
-                raise BadRequest("the text field 'filename' is missing", code="missing_field")
-            facts = _facts(received)
-            tags = self.tags_for(fields)
+            key: str | None = None
             if staged:
-                mark_completing()
-                stored = await writer.complete(
-                    key=self.key_for(fields["filename"], fields),
-                    metadata={**sanitize_metadata(fields), **facts},
-                    tags=tags,
-                )
-            else:
-                mark_completing()
-                stored = await writer.complete(metadata=facts, tags=tags)
+                key = self.key_for(self._name(fields, part_name), fields, outcome.plan.ext)
         except BaseException:
             if writer is not None:
                 await writer.abort()
             raise
-        return Upload(stored, received, stored_type, fields)
+        if staged:
+            return await self._complete(writer, outcome, fields, types[0], key=key, metadata=sanitize_metadata(fields))
+        return await self._complete(writer, outcome, fields, types[0])
+
+    @staticmethod
+    def _name(fields: Mapping[str, str], part_name: str | None) -> str:
+        """Return the recording's name: the ``filename`` field, else the file part's ``filename=`` sans extension."""
+        if "filename" in fields:
+            return fields["filename"]
+        if part_name:
+            stem = part_name.rsplit(".", 1)[0] if "." in part_name.lstrip(".") else part_name
+            return check_filename(stem)
+        raise BadRequest("the text field 'filename' is missing", code="missing_field")
 
     async def _text(self, part: BodyPartReader, name: str, deadline: _Deadline | None = None) -> str:
         data = bytearray()
@@ -441,8 +417,11 @@ def _reason(exc: BaseException) -> str:
     return text[:120]
 
 
-def _facts(received: Received) -> dict[str, str]:
-    facts = {"sha256": received.sha256, "size": str(received.size)}
-    if received.wav is not None:
-        facts["audio"] = received.wav.to_metadata(received.size)
+def _facts(outcome: Outcome) -> dict[str, str]:
+    """Return the ``sha256``/``size``/``audio`` metadata; a writer that hashes what it stored adds ``sha256``."""
+    facts = {"size": str(outcome.stored_size)}
+    if outcome.stored_sha256 is not None:
+        facts["sha256"] = outcome.stored_sha256
+    if outcome.audio is not None:
+        facts["audio"] = outcome.audio.to_metadata()
     return facts

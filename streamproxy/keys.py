@@ -36,7 +36,7 @@ MAX_KEY_BYTES = 1024  # S3's limit for a whole key, prefix included
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_TEMPLATE_FIELDS = ("filename", "uuid", "date", "field")
+_TEMPLATE_FIELDS = ("filename", "ext", "uuid", "date", "field")
 
 
 def _invalid(rule: str) -> BadRequest:
@@ -76,10 +76,11 @@ def _sanitize_field(value: str) -> str:
 
 
 class KeyTemplate:
-    """A validated key template such as ``{filename}.wav`` or ``{field:call_id}/{uuid}.wav``.
+    """A validated key template such as ``{filename}{ext}`` or ``{field:call_id}/{uuid}{ext}``.
 
-    Variables: ``{filename}``, ``{uuid}``, ``{date:FORMAT}`` (strftime, UTC) and ``{field:NAME}``
-    (a text field sent before the file, reduced to ``[A-Za-z0-9._-]``).
+    Variables: ``{filename}``, ``{ext}`` (the stored format's extension with its dot, ``.wav``),
+    ``{uuid}``, ``{date:FORMAT}`` (strftime, UTC) and ``{field:NAME}`` (a text field sent before
+    the file, reduced to ``[A-Za-z0-9._-]``).
     """
 
     def __init__(self, template: str) -> None:
@@ -97,7 +98,7 @@ class KeyTemplate:
             has_variable = True
             if conversion:
                 raise ValueError(f"key template {template!r}: conversions like !{conversion} are not allowed")
-            if name in {"filename", "uuid"}:
+            if name in {"filename", "uuid", "ext"}:
                 if spec:
                     raise ValueError(f"key template {template!r}: {{{name}}} takes no format")
                 self.uses_filename |= name == "filename"
@@ -118,12 +119,17 @@ class KeyTemplate:
             raise ValueError(f"key template {template!r} must not start with '/'")
         # Render once with harmless values so a template that can never yield a valid key fails at start.
         try:
-            _check_key(self._render("x", {f: "x" for f in self.fields}, datetime(2000, 1, 1, tzinfo=UTC)))
+            _check_key(self._render("x", {f: "x" for f in self.fields}, datetime(2000, 1, 1, tzinfo=UTC), ".wav"))
         except BadRequest as exc:
             raise ValueError(f"key template {template!r}: {exc.message}") from None
 
-    def render(self, filename: str | None, fields: Mapping[str, str], now: datetime | None = None) -> str:
-        """Return the key (below the prefix) for this upload, or raise a 400 naming what is wrong."""
+    def render(
+        self, filename: str | None, fields: Mapping[str, str], now: datetime | None = None, ext: str = ""
+    ) -> str:
+        """Return the key (below the prefix) for this upload, or raise a 400 naming what is wrong.
+
+        ``ext`` is the stored format's extension with its dot (``.wav``, ``.ul``), for ``{ext}``.
+        """
         if filename is not None:
             check_filename(filename)
         elif self.uses_filename:
@@ -133,15 +139,17 @@ class KeyTemplate:
                 raise BadRequest(
                     f"the key template needs the text field {name!r} before the file", code="missing_field"
                 )
-        key = self._render(filename or "", fields, now or datetime.now(UTC))
+        key = self._render(filename or "", fields, now or datetime.now(UTC), ext)
         return _check_key(key)
 
-    def _render(self, filename: str, fields: Mapping[str, str], now: datetime) -> str:
+    def _render(self, filename: str, fields: Mapping[str, str], now: datetime, ext: str) -> str:
         out: list[str] = []
         for literal, name, spec, _ in string.Formatter().parse(self.template):
             out.append(literal)
             if name == "filename":
                 out.append(filename)
+            elif name == "ext":
+                out.append(ext)
             elif name == "uuid":
                 out.append(uuid.uuid4().hex)
             elif name == "date":

@@ -21,7 +21,16 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .connections import ConnectionStats
 from .parts import PartBuffer
-from .sinks import Sink, Stored, SweepItem, Writer
+from .sinks import (
+    HeaderPatching,
+    HeadLast,
+    HeadLastWriter,
+    PatchingWriter,
+    Sink,
+    Stored,
+    SweepItem,
+    Writer,
+)
 
 __all__ = ["CURRENT_UPLOAD", "METRICS", "InstrumentedSink", "Metrics", "UploadStats", "metrics_endpoint"]
 
@@ -203,6 +212,11 @@ class InstrumentedSink:
         stats = CURRENT_UPLOAD.get()
         if stats is not None:
             stats.key = key
+        # The audio stage asks for these optional capabilities by protocol: keep the inner writer's.
+        if isinstance(writer, HeadLast):
+            return _InstrumentedHeadLastWriter(writer, self._metrics)
+        if isinstance(writer, HeaderPatching):
+            return _InstrumentedPatchingWriter(writer, self._metrics)
         return _InstrumentedWriter(writer, self._metrics)
 
 
@@ -213,12 +227,14 @@ class _InstrumentedWriter:
         self._stats = CURRENT_UPLOAD.get()
         self._ended = False
 
-    async def write(self, part: PartBuffer, *, last: bool = False) -> None:
-        length = part.length
+    def _count(self, length: int) -> None:
         self._metrics.received_bytes.inc(length)
         if self._stats is not None:
             self._stats.bytes += length
             self._stats.parts += 1
+
+    async def write(self, part: PartBuffer, *, last: bool = False) -> None:
+        self._count(part.length)
         await self._writer.write(part, last=last)
 
     async def complete(
@@ -248,6 +264,28 @@ class _InstrumentedWriter:
         if not self._ended:
             self._ended = True
             self._metrics.aborted.inc()
+
+
+class _InstrumentedHeadLastWriter(_InstrumentedWriter):
+    def __init__(self, writer: HeadLastWriter, metrics: Metrics) -> None:
+        super().__init__(writer, metrics)
+        self._head_last = writer
+
+    def defer_head(self) -> None:
+        self._head_last.defer_head()
+
+    async def write_head(self, part: PartBuffer) -> None:
+        self._count(part.length)
+        await self._head_last.write_head(part)
+
+
+class _InstrumentedPatchingWriter(_InstrumentedWriter):
+    def __init__(self, writer: PatchingWriter, metrics: Metrics) -> None:
+        super().__init__(writer, metrics)
+        self._patching = writer
+
+    async def patch_header(self, header: bytes) -> None:
+        await self._patching.patch_header(header)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -16,6 +16,13 @@ while needing another, and a handful of such uploads would exhaust the pool for 
 So every taken buffer comes back in bounded time, and waiters are served first-come
 first-served. The trap this avoids is reserving budget in small increments, where many uploads
 can each hold half a part and all wait for the other half.
+
+One exception is planned for: an upload that must hold its first part until its end (a WAV
+header whose sizes are known only then goes in front of it, and S3 takes that part last) holds
+a buffer while it needs others. It takes that buffer with ``acquire(hold=True)``, which first
+waits for one of ``capacity - 1`` hold slots while the upload holds nothing. So at most
+``capacity - 1`` buffers are ever held that way, at least one buffer always circulates under
+the rule above, and every holder gets its next buffer in bounded time.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ __all__ = ["BufferPool", "PartBuffer"]
 class PartBuffer:
     """One part's bytes, reference-counted so the hasher and the writer can share it."""
 
-    __slots__ = ("_pool", "_refs", "data", "length")
+    __slots__ = ("_pool", "_refs", "data", "held", "length")
 
-    def __init__(self, pool: BufferPool, data: bytearray) -> None:
+    def __init__(self, pool: BufferPool, data: bytearray, *, held: bool = False) -> None:
         self._pool = pool
         self._refs = 1
         self.data = data
         self.length = 0
+        self.held = held  # taken with a hold slot, given back with the buffer
 
     @property
     def pool(self) -> BufferPool:
@@ -67,6 +75,8 @@ class BufferPool:
         self.part_size = part_size
         self.capacity = max_bytes // part_size
         self._slots = asyncio.Semaphore(self.capacity)
+        # One buffer must always circulate, so holders may keep at most capacity - 1 (module docstring).
+        self._holds = asyncio.Semaphore(self.capacity - 1)
         self._free: list[bytearray] = []
         self._taken = 0
 
@@ -80,16 +90,37 @@ class BufferPool:
         """Bytes of buffers allocated so far (in use or idle); never above the budget."""
         return (self._taken + len(self._free)) * self.part_size
 
-    async def acquire(self) -> PartBuffer:
-        """Take one empty buffer, waiting while the budget is spent."""
-        await self._slots.acquire()
+    @property
+    def can_hold(self) -> bool:
+        """Whether an upload may hold a buffer while it takes others (the budget has two parts or more)."""
+        return self.capacity > 1
+
+    async def acquire(self, *, hold: bool = False) -> PartBuffer:
+        """Take one empty buffer, waiting while the budget is spent.
+
+        ``hold=True``: the caller will keep this buffer while it takes others; it first waits
+        for a hold slot. Call it only while holding no buffer (see the module docstring).
+        """
+        if hold:
+            if not self.can_hold:
+                raise ValueError("holding a part needs a buffer budget of at least two parts")
+            await self._holds.acquire()
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            if hold:
+                self._holds.release()
+            raise
         self._taken += 1
         # Reusing buffers keeps RSS flat: 8 MiB allocations would otherwise go back and forth
         # between glibc's heap and mmap and fragment it.
         data = self._free.pop() if self._free else bytearray(self.part_size)
-        return PartBuffer(self, data)
+        return PartBuffer(self, data, held=hold)
 
     def _give_back(self, part: PartBuffer) -> None:
+        if part.held:
+            part.held = False
+            self._holds.release()
         self._taken -= 1
         self._free.append(part.data)
         part.data = bytearray()

@@ -22,7 +22,7 @@ from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Route, Settings, StorageURI, parse_duration
+from .config import Route, Settings, StorageURI, parse_bitrate, parse_duration
 from .errors import ConfigError
 
 __all__ = ["RESERVED_PATHS", "ROUTE_KEYS", "Route", "load_routes", "resolve_routes", "route_settings"]
@@ -64,6 +64,12 @@ def _seconds(value: object) -> int:
     raise TypeError("seconds or a duration like '24h'")
 
 
+def _bitrate(value: object) -> int:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return parse_bitrate(value)
+    raise TypeError("bits per second, like 24000 or '24k'")
+
+
 def _tags(value: object) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise TypeError('a table of strings, like { team = "ivr" }')
@@ -89,7 +95,11 @@ ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "tags": ("tags", _tags),
     "tag-fields": ("tag_fields", _strings),
     "manifest": ("manifest", _boolean),
-    "require-wav": ("require_wav", _boolean),
+    "require-audio": ("require_audio", _boolean),
+    "require-wav": ("require_audio", _boolean),  # the old name, kept as an alias
+    "raw-audio": ("raw_audio", _string),
+    "store-format": ("store_format", _string),
+    "audio-bitrate": ("audio_bitrate", _bitrate),
     "overwrite": ("overwrite", _boolean),
     # --notify-url/-sqs/-sns per route; the secret, timeouts and backoff are the process's
     "notify-urls": ("notify_url", _strings),

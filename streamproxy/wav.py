@@ -13,6 +13,10 @@ audio, so chunks after the samples (a trailing ``LIST``) do not count as sound.
 
 RF64 and BW64 files (the 64-bit variants used for long streamed recordings) are read the same
 way: their 32-bit sizes are placeholders, and the duration comes from the received bytes anyway.
+
+``g711_header`` and ``pcm16_header`` write the other direction: a header of fixed length with
+exact sizes, put in front of samples whose count is known only at the end (see
+``streamproxy.audio.stream``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["MAX_DATA_OFFSET", "WavInfo", "WavProbe", "format_name"]
+__all__ = [
+    "G711_HEADER_SIZE",
+    "MAX_DATA_OFFSET",
+    "MAX_WAV_DATA",
+    "PCM16_HEADER_SIZE",
+    "WavInfo",
+    "WavProbe",
+    "format_name",
+    "g711_header",
+    "pcm16_header",
+]
 
 MAX_DATA_OFFSET = 1024 * 1024  # the samples of a real WAV start well before this
 MAX_FMT_BYTES = 1024
@@ -201,3 +215,52 @@ class WavProbe:
             data_size=None if size in _UNKNOWN_SIZES else size,
         )
         self.done = True
+
+
+G711_HEADER_SIZE = 58  # RIFF 12 + fmt 8+18 + fact 8+4 + data 8
+PCM16_HEADER_SIZE = 44  # RIFF 12 + fmt 8+16 + data 8
+MAX_WAV_DATA = 0xFFFFFFFF - G711_HEADER_SIZE  # a RIFF size is 32 bits: beyond this only RF64 would do
+_G711_TAGS = {"mulaw": 0x0007, "alaw": 0x0006}
+
+
+def g711_header(law: str, data_size: int) -> bytes:
+    """Return the 58-byte WAV header for ``data_size`` bytes of 8 kHz mono G.711 (``mulaw`` or ``alaw``).
+
+    Format 7 (µ-law) or 6 (A-law) is a non-PCM format, so the ``fmt `` chunk carries ``cbSize``
+    and a ``fact`` chunk gives the sample count. The RIFF size counts the pad byte that follows
+    an odd-sized ``data`` chunk; the caller writes that byte after the samples.
+    """
+    if not 0 <= data_size <= MAX_WAV_DATA:
+        raise ValueError(f"{data_size} bytes of G.711 do not fit a WAV file")
+    pad = data_size & 1
+    return b"".join(
+        (
+            b"RIFF",
+            struct.pack("<I", G711_HEADER_SIZE - 8 + data_size + pad),
+            b"WAVE",
+            b"fmt ",
+            struct.pack("<IHHIIHHH", 18, _G711_TAGS[law], 1, 8000, 8000, 1, 8, 0),
+            b"fact",
+            struct.pack("<II", 4, data_size),
+            b"data",
+            struct.pack("<I", data_size),
+        )
+    )
+
+
+def pcm16_header(channels: int, sample_rate: int, data_size: int) -> bytes:
+    """Return the 44-byte WAV header for ``data_size`` bytes of 16-bit little-endian PCM."""
+    block = channels * 2
+    if not 0 <= data_size <= 0xFFFFFFFF - PCM16_HEADER_SIZE or data_size % block:
+        raise ValueError(f"{data_size} bytes are not whole 16-bit frames of {channels} channels within a WAV file")
+    return b"".join(
+        (
+            b"RIFF",
+            struct.pack("<I", PCM16_HEADER_SIZE - 8 + data_size),
+            b"WAVE",
+            b"fmt ",
+            struct.pack("<IHHIIHH", 16, 0x0001, channels, sample_rate, sample_rate * block, block, 16),
+            b"data",
+            struct.pack("<I", data_size),
+        )
+    )

@@ -21,6 +21,9 @@ from streamproxy.sinks import Sink
 from tests.s3_recorder import S3Recorder
 
 PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
+# Storage tests send opaque bytes and check them byte for byte: store them as they came, under
+# the old fixed extension. The audio tests (tests/test_audio_*.py) use streamproxy's own defaults.
+RAW_BYTES = {"raw_audio": "none", "key_template": "{filename}.wav"}
 
 
 @pytest.fixture(autouse=True)
@@ -113,13 +116,16 @@ def s3_settings(moto_endpoint: str | None, bucket: str, prefix: str = "rec/", **
         max_buffer_bytes=8 * PART,
         # moto has every feature AWS documents; the probe itself is tested in test_probe.py and tests/compat/
         s3_capabilities="aws",
+        **RAW_BYTES,
     )
     values.update(overrides)
     return Settings(**values)
 
 
 def fs_settings(root: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(storage=StorageURI.parse(root.as_uri()), part_size=PART, max_buffer_bytes=8 * PART)
+    values: dict[str, Any] = dict(
+        storage=StorageURI.parse(root.as_uri()), part_size=PART, max_buffer_bytes=8 * PART, **RAW_BYTES
+    )
     values.update(overrides)
     return Settings(**values)
 

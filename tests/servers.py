@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+RAW_BYTES_ARGS = ("--raw-audio", "none", "--key-template", "{filename}.wav")
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -52,15 +54,24 @@ def streamproxy_server(
     cwd: Path | None = None,
     tls_ca: Path | None = None,
     log: IO[bytes] | None = None,
+    raw_bytes: bool = True,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start ``python -m streamproxy serve ARGS`` on a free port; yield the process and its base URL.
+
+    ``raw_bytes`` (the default for these storage tests, which send opaque bytes and compare them
+    byte for byte): store bytes as they came under ``{filename}.wav``, instead of reading headerless
+    bytes as µ-law and storing a WAV; ARGS given later still win.
 
     With ``tls_ca`` the server is expected to speak HTTPS with a certificate that CA signed.
     Logs go to a pipe read at the end, or to ``log``: a long run must not fill the pipe and block the server.
     """
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamproxy", "serve", "--port", str(port), "--log-format", "json", *args],
+        [
+            *(sys.executable, "-m", "streamproxy", "serve", "--port", str(port), "--log-format", "json"),
+            *(RAW_BYTES_ARGS if raw_bytes else ()),
+            *args,
+        ],
         env={**os.environ, **(env or {})},
         cwd=cwd,
         stdout=subprocess.PIPE,

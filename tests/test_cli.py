@@ -17,7 +17,7 @@ def test_flags_and_defaults() -> None:
     command, settings = settings_from_args(["serve", "--part-size", "16MiB", "--read-timeout", "2m"])
     assert command == "serve"
     assert settings.part_size == 16 * MIB and settings.read_timeout == 120
-    assert settings.key_template == "{filename}.wav" and settings.storage.scheme == "file"
+    assert settings.key_template == "{filename}{ext}" and settings.storage.scheme == "file"
     assert settings.storage.path == (Path.cwd() / "recordings").resolve()
 
 

@@ -123,3 +123,15 @@ def test_any_filename_stays_under_the_prefix_or_is_refused(filename: str, field:
     segments = key.split("/")
     assert all(seg not in ("", ".", "..") for seg in segments)
     assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in key)
+
+
+def test_ext_is_the_stored_formats_extension() -> None:
+    """``{ext}`` carries its dot; the default template ``{filename}{ext}`` gives ``call-7.wav`` or ``call-7.ul``."""
+    template = KeyTemplate("{filename}{ext}")
+    assert template.render("call-7", {}, ext=".wav") == "call-7.wav"
+    assert template.render("call-7", {}, ext=".ul") == "call-7.ul"
+    assert KeyTemplate("{date:%Y}/{filename}-x{ext}").render("a", {}, datetime(2026, 1, 2, tzinfo=UTC), ".mp3") == (
+        "2026/a-x.mp3"
+    )
+    with pytest.raises(ValueError, match="takes no format"):
+        KeyTemplate("{filename}{ext:x}")

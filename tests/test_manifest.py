@@ -54,6 +54,7 @@ async def test_manifest_matches_the_upload(client_for, moto_endpoint, bucket, s3
         "storage": f"s3://{bucket}/rec/",
         "size": len(data),
         "sha256": sha256(data),
+        "received": {"size": len(data), "sha256": sha256(data), "format": "wav"},  # a WAV is stored unchanged
         "content_type": "audio/wav",
         "part_size": PART,
         "parts": 1 if size < PART else 4,
@@ -109,12 +110,12 @@ async def test_manifest_gets_the_recordings_encryption_retention_and_tags(
 
 async def test_failed_uploads_write_no_manifest(client_for, moto_endpoint, bucket, s3) -> None:
     """409, 415 and 400 answers leave neither recording nor manifest."""
-    client = await client_for(s3_settings(moto_endpoint, bucket, manifest=True, require_wav=True))
+    client = await client_for(s3_settings(moto_endpoint, bucket, manifest=True, require_audio=True))
     s3.put_object(Bucket=bucket, Key="rec/taken.wav", Body=b"old")
     cases: list[tuple[list[tuple[str, str | bytes]], int]] = [
         ([("filename", "taken"), ("recording", wave_file(frames=10))], 409),
         ([("filename", "notwav"), ("recording", payload(2 * PART))], 415),
-        ([("recording", wave_file(frames=10))], 400),
+        ([("filename", "../x"), ("recording", wave_file(frames=10))], 400),
     ]
     for fields, status in cases:
         resp = await client.post("/recordings", data=form(fields))

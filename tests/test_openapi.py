@@ -116,6 +116,11 @@ def _post_raw_body(body: bytes, boundary: str = "b0undary") -> Send:
     return lambda c: c.post("/recordings", data=body, headers=headers)
 
 
+def _nameless_file(value: bytes) -> bytes:
+    """A form whose only part is the file, without a filename= parameter: the recording has no name."""
+    return b'--b0undary\r\nContent-Disposition: form-data; name="recording"\r\n\r\n' + value + b"\r\n--b0undary--\r\n"
+
+
 def _two_files() -> aiohttp.FormData:
     data = form(OK_FORM)
     data.add_field("attachment", b"x", filename="other.wav", content_type="audio/wav")
@@ -178,7 +183,7 @@ CASES = [
     Case("presigned_s3", POST, _post_form(OK_FORM), 200, sink=None, s3=True, settings={"url_mode": "presigned"}),
     Case("healthz", ("/healthz", "get"), lambda c: c.get("/healthz"), 200),
     Case("openapi", ("/openapi.json", "get"), lambda c: c.get("/openapi.json"), 200),
-    Case("no_filename", POST, _post_form([("recording", b"RIFF")]), 400, "missing_field"),
+    Case("no_filename", POST, _post_raw_body(_nameless_file(b"RIFF")), 400, "missing_field"),
     Case(
         "template_field_missing",
         PUT,
@@ -265,7 +270,14 @@ CASES = [
     Case(
         "too_large", PUT, _put("/recordings/big", data=b"x" * 100), 413, "too_large", settings={"max_upload_bytes": 10}
     ),
-    Case("not_wav", PUT, _put("/recordings/n", data=b"ID3\x04mp3"), 415, "not_wav", settings={"require_wav": True}),
+    Case(
+        "not_audio",
+        PUT,
+        _put("/recordings/n", data=b"%PDF-1.7\n"),
+        415,
+        "not_audio",
+        settings={"require_audio": True},
+    ),
     Case(
         "text_body", PUT, _put("/recordings/t", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"
     ),

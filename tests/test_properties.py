@@ -42,7 +42,11 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def memory_settings(template: str = "{filename}.wav") -> Settings:
     return Settings(
-        storage=StorageURI.parse("s3://calls/rec/"), key_template=template, part_size=PART, max_buffer_bytes=4 * PART
+        storage=StorageURI.parse("s3://calls/rec/"),
+        key_template=template,
+        part_size=PART,
+        max_buffer_bytes=4 * PART,
+        raw_audio="none",  # opaque bytes, compared byte for byte
     )
 
 

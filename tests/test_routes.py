@@ -47,6 +47,7 @@ async def test_each_route_stores_into_its_own_destination(client_for, moto_endpo
         path = "/recordings/acme"
         storage = "s3://{acme_bucket}/acme/"
         key-template = "{{field:call_id}}/{{filename}}.wav"
+        raw-audio = "none"
         url-mode = "presigned"
         presign-expires = "1h"
         sse = "AES256"
@@ -57,6 +58,8 @@ async def test_each_route_stores_into_its_own_destination(client_for, moto_endpo
         path = "/globex/in"
         storage = "{globex_dir.as_uri()}"
         manifest = true
+        raw-audio = "none"
+        key-template = "{{filename}}.wav"
         """,
         "--storage",
         f"s3://{default_bucket}/default/",

@@ -1,4 +1,4 @@
-"""WAV facts through HTTP: the `audio` answer, the stored `audio` metadata or tag, and --require-wav."""
+"""WAV facts through HTTP: the `audio` answer, the stored `audio` metadata or tag, and --require-audio."""
 
 from __future__ import annotations
 
@@ -68,20 +68,40 @@ async def test_multipart_sized_wav_facts_travel_as_tag_or_metadata(
     assert objects(s3, bucket)["rec/long.wav"] == data
 
 
-async def test_not_a_wav_is_audio_null(client_for, moto_endpoint, bucket, s3) -> None:
-    """Bytes that are no WAV are stored as they are, with `audio: null` and no `audio` metadata."""
+async def test_not_audio_is_audio_null(client_for, moto_endpoint, bucket, s3) -> None:
+    """Bytes of no known format are stored as they are, with `audio: null` and no `audio` metadata."""
     client = await client_for(s3_settings(moto_endpoint, bucket))
-    resp = await client.put("/recordings/odd", data=b"ID3\x03" + payload(300), headers={"Content-Type": "audio/mpeg"})
+    resp = await client.put("/recordings/odd", data=b"%PDF-1.4\n" + payload(300), headers={"Content-Type": "audio/x-x"})
     body = await resp.json()
     assert resp.status == 200 and body["audio"] is None
-    assert "audio" not in s3.head_object(Bucket=bucket, Key="rec/odd.wav")["Metadata"]
+    head = s3.head_object(Bucket=bucket, Key="rec/odd.wav")
+    assert (
+        "audio" not in head["Metadata"] and head["ContentType"] == "audio/x-x"
+    )  # unknown bytes keep the client's type
+
+
+async def test_mp3_gets_the_facts_of_its_first_frame(client_for, moto_endpoint, bucket, s3) -> None:
+    """MP3 (ID3 tag, then frames) is stored unchanged as audio/mpeg, with format, channels and rate known."""
+    frame = bytes([0xFF, 0xFB, 0x90, 0x44]) + bytes(413)  # MPEG-1 layer III, 128 kbit/s, 44.1 kHz, joint stereo
+    client = await client_for(s3_settings(moto_endpoint, bucket, key_template="{filename}{ext}"))
+    resp = await client.put("/recordings/song", data=frame * 20, headers={"Content-Type": "audio/mpeg"})
+    body = await resp.json()
+    assert resp.status == 200 and body["key"] == "rec/song.mp3", body
+    assert body["audio"] == {
+        "format": "mp3",
+        "channels": 2,
+        "sample_rate": 44100,
+        "bits_per_sample": None,
+        "duration_seconds": None,
+    }
+    assert s3.head_object(Bucket=bucket, Key="rec/song.mp3")["ContentType"] == "audio/mpeg"
 
 
 @pytest.mark.parametrize("size", [100, 3 * PART + 5])
 @pytest.mark.parametrize("kind", ["raw", "form"])
-async def test_require_wav_refuses_other_bytes_with_415(client_for, moto_endpoint, bucket, s3, size, kind) -> None:
-    """--require-wav: 415 not_wav as soon as the header is in; nothing stored, no multipart upload left."""
-    client = await client_for(s3_settings(moto_endpoint, bucket, require_wav=True))
+async def test_require_audio_refuses_other_bytes_with_415(client_for, moto_endpoint, bucket, s3, size, kind) -> None:
+    """--require-audio with --raw-audio none: 415 not_audio from the first bytes; nothing stored, no upload left."""
+    client = await client_for(s3_settings(moto_endpoint, bucket, require_audio=True))
     data = payload(size)
     if kind == "raw":
         resp = await client.put("/recordings/x", data=chunks(data), headers={"Content-Type": "audio/wav"})
@@ -89,13 +109,13 @@ async def test_require_wav_refuses_other_bytes_with_415(client_for, moto_endpoin
         resp = await client.post("/recordings", data=form([("filename", "x"), ("recording", data)]))
     body = await resp.json()
     assert resp.status == 415, body
-    assert body["error"] == "not_wav" and "RIFF/WAVE" in body["message"]
+    assert body["error"] == "not_audio" and "no audio header" in body["message"]
     assert objects(s3, bucket) == {} and incomplete_uploads(s3, bucket) == []
 
 
-async def test_require_wav_accepts_wavs_and_refuses_truncated_headers(client_for, moto_endpoint, bucket, s3) -> None:
-    """A real WAV passes --require-wav; a body that ends inside the header does not."""
-    client = await client_for(s3_settings(moto_endpoint, bucket, require_wav=True))
+async def test_require_audio_accepts_wavs_and_refuses_truncated_headers(client_for, moto_endpoint, bucket, s3) -> None:
+    """A real WAV passes --require-audio; a body that ends inside the header does not."""
+    client = await client_for(s3_settings(moto_endpoint, bucket, require_audio=True))
     good = wave_file(channels=2, frames=400)
     resp = await client.put("/recordings/good", data=good, headers={"Content-Type": "audio/wav"})
     assert resp.status == 200 and (await resp.json())["audio"]["channels"] == 2
@@ -105,9 +125,9 @@ async def test_require_wav_accepts_wavs_and_refuses_truncated_headers(client_for
 
 
 async def test_filesystem_answers_audio_and_refuses_non_wav(client_for, tmp_path: Path) -> None:
-    """The filesystem sink gives the same answer; --require-wav leaves no file, temporary or not."""
+    """The filesystem sink gives the same answer; --require-audio leaves no file, temporary or not."""
     root = tmp_path / "rec"
-    client = await client_for(fs_settings(root, require_wav=True))
+    client = await client_for(fs_settings(root, require_audio=True))
     data = wave_file(rate=16000, frames=16000)
     resp = await client.put("/recordings/fs-1", data=data, headers={"Content-Type": "audio/wav"})
     body = await resp.json()

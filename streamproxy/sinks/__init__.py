@@ -11,6 +11,13 @@ part was stored or not). Every writer ends in exactly one of:
 A writer opened with ``key=None`` does not know its name yet (the multipart form sent the file
 before the ``filename`` field); it stages the bytes and ``complete(key=...)`` moves them.
 
+Some stored recordings begin with a header whose content is known only at the end (a WAV header
+in front of headerless G.711). A writer supports that in one of two ways, declared as protocols:
+``HeaderPatching`` (the filesystem: the header is written in place before the rename) or
+``HeadLast`` (S3: part 1 is uploaded after all the others). Either way ``complete`` then reports
+the sha256 of the stored bytes in ``Stored.sha256`` (it had to hash them itself) and stores it as
+the ``sha256`` metadata or tag instead of the one it was given.
+
 Implementations: ``S3Sink`` (the sinks.s3 package), ``FileSink`` (sinks.fs), ``MemorySink`` (sinks.memory).
 Sinks raise only ``streamproxy.errors`` exceptions and never import aiohttp's web layer.
 """
@@ -20,12 +27,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from ..checksums import Checksum
 from ..parts import PartBuffer
 
-__all__ = ["Sink", "Stored", "SweepItem", "Writer", "WriterBase"]
+__all__ = [
+    "HeadLast",
+    "HeadLastWriter",
+    "HeaderPatching",
+    "PatchingWriter",
+    "Sink",
+    "Stored",
+    "SweepItem",
+    "Writer",
+    "WriterBase",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,7 @@ class Stored:
     parts: int = 1
     extra: dict[str, str] = field(default_factory=dict)
     checksum: Checksum | None = None  # the whole object's checksum the store verified (S3 only)
+    sha256: str | None = None  # of the stored bytes, when the writer hashed them (a header was put in front)
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,36 @@ class Writer(Protocol):
 
     async def abort(self) -> None:
         """Remove every trace of this upload. Idempotent."""
+
+
+@runtime_checkable
+class HeaderPatching(Protocol):
+    """A writer that can overwrite the first bytes it was given (placeholders) before ``complete``."""
+
+    async def patch_header(self, header: bytes) -> None:
+        """Replace the first ``len(header)`` bytes written; ``complete`` then hashes what it stores."""
+
+
+@runtime_checkable
+class HeadLast(Protocol):
+    """A writer that takes part 1 after all the others (S3 accepts parts in any order)."""
+
+    def defer_head(self) -> None:
+        """Announce, before the first ``write``, that part 1 will come last through ``write_head``."""
+
+    async def write_head(self, part: PartBuffer) -> None:
+        """Take part 1 (full-size unless it is the only part) after every other part, before ``complete``.
+
+        ``complete`` then reads back what follows part 1 to hash the stored bytes.
+        """
+
+
+class HeadLastWriter(Writer, HeadLast, Protocol):
+    """A writer that takes part 1 last."""
+
+
+class PatchingWriter(Writer, HeaderPatching, Protocol):
+    """A writer that patches its first bytes in place."""
 
 
 class WriterBase:

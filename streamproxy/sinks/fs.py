@@ -5,12 +5,17 @@ target's directory, are fsynced, and only then linked to the final name (``link(
 name exists, which is the exclusive create; ``--overwrite`` uses ``rename(2)`` instead). Abort
 unlinks the temporary file. Object metadata is kept as ``user.*`` extended attributes where the
 filesystem supports them (best effort: a filesystem without xattrs still stores the recording).
+
+A header whose sizes are known only at the end (WAV in front of headerless G.711) is written in
+place over its placeholder (``patch_header``) before the rename; the sha256 of the stored file
+then needs the header first, so ``complete`` reads the temporary file once more to hash it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import heapq
 import os
 import time
@@ -28,6 +33,7 @@ __all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "FileOutbox", "FileSink", "FileWriter"]
 TEMP_PREFIX = ".streamproxy-"
 TEMP_SUFFIX = ".tmp"
 _FILE_MODE = 0o640  # recordings are personal data: not world-readable
+_REREAD_CHUNK = 1024 * 1024
 
 
 def _storage_error(action: str, exc: OSError) -> StorageError:
@@ -79,7 +85,7 @@ class FileSink:
 
         def create() -> int:
             directory.mkdir(parents=True, exist_ok=True)
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
 
         try:
             fd = await asyncio.to_thread(create)
@@ -134,6 +140,23 @@ class FileWriter:
         self._metadata = dict(metadata)
         self._pending: asyncio.Task[None] | None = None
         self._parts = 0
+        self._patched = False
+
+    async def patch_header(self, header: bytes) -> None:
+        """Overwrite the placeholder at the start of the file with ``header``."""
+        await self._wait_pending()
+        assert self._fd is not None
+        fd = self._fd
+
+        def patch() -> None:
+            if os.pwrite(fd, header, 0) != len(header):
+                raise OSError(errno.EIO, "short write of the header")
+
+        try:
+            await asyncio.to_thread(patch)
+        except OSError as exc:
+            raise _storage_error("write the header", exc) from None
+        self._patched = True
 
     async def write(self, part: PartBuffer, *, last: bool = False) -> None:
         """Queue the part for writing; waits for the previous write so at most one is in flight."""
@@ -179,11 +202,28 @@ class FileWriter:
                 raise BadRequest("no key for the upload", code="missing_field")
             target = self._sink.path_for(key)
             await self._wait_pending()
-            await asyncio.to_thread(self._finish, target, {**self._metadata, **(metadata or {})})
+            merged = {**self._metadata, **(metadata or {})}
+            digest = await asyncio.to_thread(self._hash_file) if self._patched else None
+            if digest is not None:
+                merged["sha256"] = digest
+            await asyncio.to_thread(self._finish, target, merged)
         except BaseException:
             await self.abort()
             raise
-        return Stored(key=key, url=target.as_uri(), parts=self._parts)
+        return Stored(key=key, url=target.as_uri(), parts=self._parts, sha256=digest)
+
+    def _hash_file(self) -> str:
+        """Hash the temporary file from its start (the header was written last, in front)."""
+        assert self._fd is not None
+        sha = hashlib.sha256()
+        offset = 0
+        try:
+            while chunk := os.pread(self._fd, _REREAD_CHUNK, offset):
+                sha.update(chunk)
+                offset += len(chunk)
+        except OSError as exc:
+            raise _storage_error("read the recording back", exc) from None
+        return sha.hexdigest()
 
     def _finish(self, target: Path, metadata: Mapping[str, str]) -> None:
         assert self._fd is not None

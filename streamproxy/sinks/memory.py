@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -77,11 +78,27 @@ class MemoryWriter:
         self._metadata = metadata
         self._chunks: list[bytes] = []
         self._done = False
+        self._head_deferred = False
+        self._head: bytes | None = None
+        self.parts_seen: list[int] = []  # the order in which parts arrived (1 is the head), for tests
+
+    def defer_head(self) -> None:
+        """Part 1 comes last through ``write_head`` (the S3 writer's sequence, played in memory)."""
+        self._head_deferred = True
 
     async def write(self, part: PartBuffer, *, last: bool = False) -> None:
         """Copy the part and release it."""
         try:
             self._chunks.append(bytes(part.view))
+            self.parts_seen.append(len(self._chunks) + (1 if self._head_deferred else 0))
+        finally:
+            part.release()
+
+    async def write_head(self, part: PartBuffer) -> None:
+        """Take part 1 after the others."""
+        try:
+            self._head = bytes(part.view)
+            self.parts_seen.append(1)
         finally:
             part.release()
 
@@ -100,18 +117,23 @@ class MemoryWriter:
         if key in self._sink.objects and not self._sink.overwrite:
             await self.abort()
             raise KeyExists(f"{key!r} already exists")
-        self._sink.objects[key] = MemoryObject(
-            b"".join(self._chunks), self._content_type, {**self._metadata, **(metadata or {})}, dict(tags or {})
-        )
+        data = b"".join(self._chunks if self._head is None else [self._head, *self._chunks])
+        meta = {**self._metadata, **(metadata or {})}
+        digest = None
+        if self._head is not None:  # what S3 does by reading the object back
+            digest = hashlib.sha256(data).hexdigest()
+            meta["sha256"] = digest
+        self._sink.objects[key] = MemoryObject(data, self._content_type, meta, dict(tags or {}))
         self._chunks = []
         self._done = True
-        return Stored(key=key, url=f"memory:///{key}", parts=1)
+        return Stored(key=key, url=f"memory:///{key}", parts=1, sha256=digest)
 
     async def abort(self) -> None:
         """Forget the bytes."""
         if not self._done:
             self._done = True
             self._chunks = []
+            self._head = None
             self._sink.aborted += 1
 
 

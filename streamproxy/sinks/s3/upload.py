@@ -106,17 +106,22 @@ class MultipartUpload:
         )
         self.upload_id = response["UploadId"]
 
-    async def part(self, part: PartBuffer) -> None:
-        """Upload the next part in a task once a slot is free; the part is released when it is done."""
-        await self._start(self._upload_part, part.release, part)
+    def skip_first(self) -> None:
+        """Start numbering at 2: part 1 is sent last, with ``part(..., number=1)``."""
+        self._next_number = max(self._next_number, 2)
+
+    async def part(self, part: PartBuffer, *, number: int | None = None) -> None:
+        """Upload the next part (or part ``number``) in a task once a slot is free; released when done."""
+        await self._start(self._upload_part, part.release, part, number=number)
 
     async def copy_part(self, source: dict[str, str], first: int, last: int) -> None:
         """Copy bytes ``first``..``last`` of ``source`` as the next part, server-side."""
         await self._start(self._copy_part, lambda: None, source, first, last)
 
-    async def _start(self, run: Any, release: Any, *args: Any) -> None:
-        number = self._next_number
-        self._next_number += 1
+    async def _start(self, run: Any, release: Any, *args: Any, number: int | None = None) -> None:
+        if number is None:
+            number = self._next_number
+            self._next_number += 1
         try:
             await self._slots.acquire()
         except BaseException:

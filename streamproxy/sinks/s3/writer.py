@@ -20,11 +20,19 @@ Each step follows the sink's ``Strategy`` (``adapt``), decided from what the sto
   copy), as the object tags ``sha256`` / ``size`` on a direct multipart upload, and where the
   store has no tagging, in the sidecar object ``<key>.sha256``.
 * ``complete`` returns the checksum the store verified (``Stored.checksum``).
+* A header known only at the end (``HeadLast``: WAV in front of headerless G.711, or an encoder's
+  header): parts 2..N are uploaded as they come and part 1, header included, last; S3 assembles
+  parts by number. The sha256 of the object then needs its first bytes first, so after the
+  complete the writer reads the rest of the object back (one streaming ranged GET, hashed in 1 MiB
+  pieces in a worker thread) behind the hash of part 1. That costs one download of the recording;
+  it also shows that what S3 holds has the expected length. If it fails, the object just written
+  is removed again and the upload fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -32,13 +40,13 @@ from typing import Any
 import structlog
 
 from ...checksums import Checksum, ObjectChecksum
-from ...errors import BadRequest, KeyExists, StorageError
+from ...errors import BadRequest, KeyExists, StorageError, StorageFailed
 from ...parts import BufferPool, PartBuffer
 from ...tags import merge_tags
 from .. import Stored, WriterBase
 from .adapt import COPY_OBJECT_LIMIT, SIDECAR_SUFFIX, Strategy
 from .checksums import part_args
-from .client import UPLOAD_ID_META, S3Client
+from .client import UPLOAD_ID_META, S3Client, map_error
 from .upload import MultipartUpload, final_write, put_part
 
 __all__ = ["COPY_PART_SIZE", "STAGING_DIR", "S3Writer"]
@@ -48,6 +56,7 @@ log = structlog.get_logger("streamproxy.s3")
 STAGING_DIR = ".streamproxy-staging/"
 COPY_PART_SIZE = 512 * 1024 * 1024  # server-side copy parts: few calls, well under S3's 5 GiB cap
 _SWEEP = "run streamproxy sweep"
+READ_BACK_CHUNK = 1024 * 1024
 
 
 class S3Writer(WriterBase):
@@ -80,6 +89,30 @@ class S3Writer(WriterBase):
         self._staging_written = False
         self._size = 0
         self._finished = False
+        self._head_deferred = False
+        self._head_sha: Any = None  # hashlib state of part 1 (header included), when it came last
+        self._head_length = 0
+
+    def defer_head(self) -> None:
+        """Part 1 comes last (``write_head``): the parts that come first are numbered from 2."""
+        self._head_deferred = True
+
+    async def write_head(self, part: PartBuffer) -> None:
+        """Upload part 1 after the others, or keep it for a single PUT if it is the whole recording."""
+        if self._upload is not None and self._upload.error is not None:
+            part.release()
+            raise self._upload.error
+        self._size += part.length
+        if self._upload is None:
+            self._single = part
+            return
+        try:
+            self._head_sha = await asyncio.to_thread(hashlib.sha256, part.view)
+        except BaseException:
+            part.release()
+            raise
+        self._head_length = part.length
+        await self._upload.part(part, number=1)
 
     def _guarded(self, operation: str) -> tuple[bool, bool]:
         """(send If-None-Match, check with HeadObject) for a final write to the final key."""
@@ -96,7 +129,7 @@ class S3Writer(WriterBase):
         self._size += part.length
         self._pool = part.pool
         if self._upload is None:
-            if last:
+            if last and not self._head_deferred:
                 self._single = part  # the whole recording fits one part: complete() stores it
                 return
             try:
@@ -104,6 +137,8 @@ class S3Writer(WriterBase):
                 if self._guarded("CompleteMultipartUpload")[1] and await self._s3.exists(self._key):
                     raise KeyExists("the key already exists")
                 upload = MultipartUpload(self._s3, self._key, self._strategy, checksum=self._strategy.checksum)
+                if self._head_deferred:
+                    upload.skip_first()
                 await upload.create(
                     ContentType=self._content_type,
                     Metadata=self._metadata,
@@ -130,6 +165,7 @@ class S3Writer(WriterBase):
         final_key = key or self._final_key
         extra = dict(metadata or {})
         request_tags = dict(tags or {})
+        digest: str | None = None
         try:
             if final_key is None:
                 raise BadRequest("no key for the upload", code="missing_field")
@@ -142,6 +178,8 @@ class S3Writer(WriterBase):
             else:
                 checksum = await self._upload.complete(guard=not self._staged, token=self._token)
                 etag_parts = self._upload.part_count
+                if self._head_sha is not None:
+                    digest = extra["sha256"] = await self._read_back(self._key)
             if self._staged:
                 self._staging_written = True
                 await self._move(final_key, extra, request_tags)
@@ -161,7 +199,41 @@ class S3Writer(WriterBase):
             bucket=self._o.bucket,
             parts=etag_parts,
             checksum=checksum,
+            sha256=digest,
         )
+
+    async def _read_back(self, key: str) -> str:
+        """Hash the stored object: part 1's hash continued over the rest, read back (see the module docstring)."""
+        sha, expected = self._head_sha, self._size - self._head_length
+        read = 0
+        try:
+            response = await self._s3.call(
+                "GetObject", Bucket=self._o.bucket, Key=key, Range=f"bytes={self._head_length}-"
+            )
+            body = response["Body"]
+            try:
+                while chunk := await body.read(READ_BACK_CHUNK):
+                    await asyncio.to_thread(sha.update, chunk)
+                    read += len(chunk)
+            except Exception as exc:
+                raise map_error("GetObject", exc) from exc
+            finally:
+                body.close()
+            if read != expected:
+                raise StorageFailed(f"S3 read back {read} bytes after part 1 of {key!r}, expected {expected}")
+        except BaseException:
+            if not self._staged:  # a staging object is removed by abort()
+                await self._remove_completed(key)
+            raise
+        return str(sha.hexdigest())
+
+    async def _remove_completed(self, key: str) -> None:
+        """Delete the object this upload just completed, so that a failed answer leaves nothing behind."""
+        try:
+            if await self._s3.is_ours(key, self._token):
+                await self._s3.call("DeleteObject", Bucket=self._o.bucket, Key=key)
+        except (StorageError, KeyExists) as exc:
+            log.error("read_back_cleanup_failed", key=key, error=str(exc), hint="delete the object by hand")
 
     def _object_args(self, tags: Mapping[str, str]) -> dict[str, Any]:
         return self._o.encryption_args() if self._staged else self._o.object_args(tags)

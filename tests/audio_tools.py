@@ -1,0 +1,96 @@
+"""Audio test material: G.711 made by sox, what sox makes of a stored file, a µ-law decoder for fakes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from streamproxy.audio import AudioFacts
+from streamproxy.audio.formats import Arrival
+
+
+def tool(name: str) -> str:
+    """Path of an external program; a missing one fails under CI (it must be installed) and skips elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed (apt-get install sox)")
+    return path
+
+
+def g711(tmp_path: Path, seconds: float, law: str = "mu-law", name: str = "x.raw") -> bytes:
+    """Headerless G.711 (8 kHz mono) of a 440 Hz sine, as sox writes it: the platform's .UL."""
+    target = tmp_path / name
+    ext = "ul" if law == "mu-law" else "al"
+    subprocess.run(
+        [
+            tool("sox"),
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            law,
+            "-t",
+            ext,
+            str(target),
+            "synth",
+            str(seconds),
+            "sine",
+            "440",
+        ],
+        check=True,
+        timeout=60,
+    )
+    return target.read_bytes()
+
+
+def soxi(path: Path) -> dict[str, str]:
+    """What ``soxi`` reads from a file: channels, rate, encoding, duration in samples and seconds."""
+    out: dict[str, str] = {}
+    for flag, name in (("-c", "channels"), ("-r", "rate"), ("-e", "encoding"), ("-s", "samples"), ("-D", "seconds")):
+        command = [tool("soxi"), flag, str(path)]
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"soxi cannot read {path.name}: {result.stderr.strip()}"
+        out[name] = result.stdout.strip()
+    return out
+
+
+def _ulaw_to_linear(byte: int) -> int:
+    u = ~byte & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return (0x84 - t) if u & 0x80 else (t - 0x84)
+
+
+ULAW_TABLE = [_ulaw_to_linear(b).to_bytes(2, "little", signed=True) for b in range(256)]
+
+
+class UlawToPcm16:
+    """A stand-in ``Encoder`` for the pipeline tests: decodes µ-law to 16-bit PCM, in pieces as they come."""
+
+    header_size = 0  # nothing held back: the stream's own PCM header goes in front
+
+    def __init__(self, source: Arrival, target: str, *, bitrate: int | None) -> None:
+        if source.kind != "g711" or source.codec != "mulaw":
+            raise ValueError(f"only headerless µ-law, not {source.format}")
+        self.target = target
+        self.samples = 0
+
+    def feed(self, data: memoryview) -> bytes:
+        self.samples += len(data)
+        return b"".join(ULAW_TABLE[b] for b in data)
+
+    def finish(self) -> bytes:
+        return b""
+
+    def facts(self) -> AudioFacts:
+        return AudioFacts("pcm", 1, 8000, 16, round(self.samples / 8000, 3))
+
+    def header(self) -> bytes:
+        return b""
