@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import chart, markdown, write_doc
-from .run import CONTENDERS, EXTRA_CONTENDERS, run_all
+from .run import CONTENDERS, EXTRA_CONTENDERS, TLS_CONTENDERS, run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 3 rounds (a few minutes)")
     parser.add_argument("--sizes", type=float, nargs="+", help="recording sizes in MiB (default 64 1024 4096)")
     parser.add_argument("--rounds", type=int, help="rounds per size (default 5; quick 3)")
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS + EXTRA_CONTENDERS)
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=list(CONTENDERS + TLS_CONTENDERS),
+        choices=CONTENDERS + TLS_CONTENDERS + EXTRA_CONTENDERS,
+    )
+    parser.add_argument("--no-https", dest="https", action="store_false", help="skip the runs through nginx's TLS")
+    parser.add_argument("--no-parsing", dest="parsing", action="store_false", help="skip bench/parsing.py")
+    parser.add_argument("--copies", action="store_true", help="count copies per byte with valgrind (slow)")
     parser.add_argument("--naive-max", type=int, default=4096, help="largest size in MiB given to the naive handler")
     parser.add_argument("--concurrent", type=int, default=100, help="simultaneous uploads (0: skip)")
     parser.add_argument("--concurrent-size", type=int, default=64, help="MiB per concurrent upload")

@@ -11,7 +11,23 @@ from .measure import MIB
 GIB = 1024 * MIB
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DEFAULT_BUFFER = 256 * MIB
-NAMES = ("streamproxy", "streamproxy_crc32", "direct", "rclone", "naive")
+NAMES = (
+    "streamproxy",
+    "streamproxy_crc32",
+    "direct",
+    "direct_nochecksums",
+    "rclone",
+    "naive",
+    "streamproxy_tls",
+    "direct_nochecksums_tls",
+    "rclone_tls",
+)
+# Peers in the ratio tables: (streamproxy's contender, the peer's) per transport.
+RATIOS = {
+    "http": ("streamproxy", ("direct", "direct_nochecksums", "rclone", "naive")),
+    "https": ("streamproxy_tls", ("direct_nochecksums_tls", "rclone_tls")),
+}
+PARSER = "formdata"  # what ingest parses multipart bodies with (streamproxy.formdata)
 
 
 def summarize(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -49,12 +65,28 @@ def targets(result: dict[str, Any], table: dict[tuple[str, int], dict[str, Any]]
     sizes = sorted({size for _, size in table})
     ref = GIB if GIB in sizes else sizes[-1]
     rows: list[tuple[str, str, bool | None]] = []
+    for mine, peer, goal in (
+        ("streamproxy", "direct_nochecksums", 0.90),
+        ("streamproxy", "rclone", 1.8),
+        ("streamproxy", "direct", 0.90),  # round 1: the same work on both sides
+        ("streamproxy_tls", "direct_nochecksums_tls", 0.90),
+        ("streamproxy_tls", "rclone_tls", 1.8),
+    ):
+        this, other = table.get((mine, ref)), table.get((peer, ref))
+        if this and other:
+            ratio = other["seconds"] / this["seconds"]
+            rows.append((f"{_size(ref)}: {mine} / {peer} >= {goal}", f"{ratio:.2f}", ratio >= goal))
     sp = table.get(("streamproxy", ref))
-    for peer, goal in (("direct", 0.90), ("rclone", 1.5)):
-        other = table.get((peer, ref))
-        if sp and other:
-            ratio = other["seconds"] / sp["seconds"]
-            rows.append((f"{_size(ref)}: streamproxy / {peer} >= {goal}", f"{ratio:.2f}", ratio >= goal))
+    for name in ("streamproxy", "streamproxy_tls"):
+        row = table.get((name, ref))
+        if row and row["cpu_per_gib"] is not None:
+            cpu = row["cpu_per_gib"]
+            rows.append((f"{_size(ref)}: {name} server CPU s/GiB <= 2.0", f"{cpu:.2f}", cpu <= 2.0))
+    copies = (result.get("parsing") or {}).get("copies_per_byte", {}).get(PARSER)
+    if copies is not None:
+        rows.append(
+            ("copies of each body byte on the event loop (parser + part buffer) = 1", f"{copies:.2f}", copies < 1.05)
+        )
     if sp:
         rss = sp["peak_rss"] / MIB
         rows.append((f"{_size(ref)}: streamproxy peak RSS <= 128 MiB", f"{rss:.1f} MiB", rss <= 128))
@@ -68,22 +100,21 @@ def targets(result: dict[str, Any], table: dict[tuple[str, int], dict[str, Any]]
                 growth <= 0.10,
             )
         )
-    conc = result.get("concurrent")
-    if conc:
+    for key, label in (("concurrent", ""), ("concurrent_tls", " over HTTPS")):
+        conc = result.get(key)
+        if not conc:
+            continue
         limit = DEFAULT_BUFFER + 100 * MIB
+        what = f"{conc['uploads']} x {_size(conc['size'])} concurrent{label}"
         rows.append(
             (
-                f"{conc['uploads']} x {_size(conc['size'])} concurrent: RSS <= --max-buffer-bytes + 100 MiB (356 MiB)",
+                f"{what}: RSS <= --max-buffer-bytes + 100 MiB (356 MiB)",
                 f"{conc['peak_rss'] / MIB:.1f} MiB",
                 conc["peak_rss"] <= limit,
             )
         )
         rows.append(
-            (
-                f"{conc['uploads']} x {_size(conc['size'])} concurrent: all stored byte-exact",
-                f"{conc['exact']} / {conc['uploads']}",
-                conc["exact"] == conc["uploads"],
-            )
+            (f"{what}: all stored byte-exact", f"{conc['exact']} / {conc['uploads']}", conc["exact"] == conc["uploads"])
         )
     return rows
 
@@ -112,15 +143,23 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
         lines.append(f"| {name} | {value} | {'yes' if ok else '**no**'} |")
     sizes = sorted({size for _, size in table})
     lines += ["", "### Ratios (time of the peer / time of streamproxy; above 1 means streamproxy is faster)", ""]
-    lines.append("| size | " + " | ".join(f"vs {p}" for p in ("direct", "rclone", "naive")) + " |")
-    lines.append("| --- | --- | --- | --- |")
-    for size in sizes:
-        sp = table.get(("streamproxy", size))
-        cells = []
-        for peer in ("direct", "rclone", "naive"):
-            other = table.get((peer, size))
-            cells.append(f"{other['seconds'] / sp['seconds']:.2f}" if sp and other else "-")
-        lines.append(f"| {_size(size)} | " + " | ".join(cells) + " |")
+    for transport, (mine, peers) in RATIOS.items():
+        if not any((mine, s) in table for s in sizes):
+            continue
+        lines += [
+            f"Over {transport.upper()}:",
+            "",
+            "| size | " + " | ".join(f"vs {p}" for p in peers) + " |",
+            "| --- | " + " | ".join("---" for _ in peers) + " |",
+        ]
+        for size in sizes:
+            this = table.get((mine, size))
+            cells = []
+            for peer in peers:
+                other = table.get((peer, size))
+                cells.append(f"{other['seconds'] / this['seconds']:.2f}" if this and other else "-")
+            lines.append(f"| {_size(size)} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [
         "",
         "### All contenders",
@@ -149,20 +188,44 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
         "brackets the event loop's thread alone), and the whole process's CPU including start-up for direct "
         "and rclone.",
     ]
-    conc = result.get("concurrent")
-    if conc:
+    concurrent = [c for c in (result.get("concurrent"), result.get("concurrent_tls")) if c]
+    if concurrent:
+        first = concurrent[0]
         lines += [
             "",
-            f"### {conc['uploads']} concurrent uploads of {_size(conc['size'])} through one streamproxy",
+            f"### {first['uploads']} concurrent uploads of {_size(first['size'])} through one streamproxy",
             "",
-            f"Flags: defaults plus `{' '.join(conc['args'])}` (the default 64 would answer `503 busy` to the rest).",
+            f"Flags: defaults plus `{' '.join(first['args'])}` (the default 64 would answer `503 busy` to the rest).",
             "",
-            "| aggregate MiB/s | idle RSS MiB | peak RSS MiB | CPU s/GiB | answered 200 | byte-exact | TMPDIR peak |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            f"| {conc['mib_s']:.0f} | {conc['idle_rss'] / MIB:.1f} | {conc['peak_rss'] / MIB:.1f} | "
-            f"{conc['cpu'] / (conc['uploads'] * conc['size'] / GIB):.2f} | {conc['ok']} / {conc['uploads']} | "
-            f"{conc['exact']} / {conc['uploads']} | {conc['tmp_bytes'] / MIB:.0f} MiB |",
+            "| to the sink over | aggregate MiB/s | idle RSS MiB | peak RSS MiB | CPU s/GiB | answered 200 "
+            "| byte-exact | TMPDIR peak |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
+        for conc in concurrent:
+            lines.append(
+                f"| {'HTTPS' if conc.get('tls') else 'HTTP'} | {conc['mib_s']:.0f} | {conc['idle_rss'] / MIB:.1f} | "
+                f"{conc['peak_rss'] / MIB:.1f} | {conc['cpu'] / (conc['uploads'] * conc['size'] / GIB):.2f} | "
+                f"{conc['ok']} / {conc['uploads']} | {conc['exact']} / {conc['uploads']} | "
+                f"{conc['tmp_bytes'] / MIB:.0f} MiB |"
+            )
+    parsing = result.get("parsing")
+    if parsing:
+        copies = parsing.get("copies_per_byte", {})
+        lines += [
+            "",
+            f"### Multipart parsing on the event loop ({parsing['mib']} MiB recording, in-process, "
+            f"median of {parsing['rounds']})",
+            "",
+            "`python -m bench.parsing`: the body already in aiohttp's StreamReader in 256 KiB chunks, the "
+            "recording copied into an 8 MiB part buffer; CPU time of the loop's thread. Copies per byte by "
+            "valgrind DHAT (bytes allocated per body byte, plus the copy into the part buffer).",
+            "",
+            "| parser | MB/s | copies per byte |",
+            "| --- | --- | --- |",
+        ]
+        for name, speed in parsing["mb_s"].items():
+            count = f"{copies[name]:.2f}" if name in copies else "-"
+            lines.append(f"| {name} | {speed:.0f} | {count} |")
     sink = result.get("standin_vs_moto")
     if sink:
         lines += [

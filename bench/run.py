@@ -22,10 +22,13 @@ from typing import Any
 
 from .client import post_recording
 from .measure import MIB, TmpWatch, byte_exact, cpu_seconds, status_kib, wait_cpu, wait_http
+from .tls import start_tls_front
 
 GIB = 1024 * MIB
 BUCKET = "bench"
-CONTENDERS = ("streamproxy", "direct", "rclone", "naive")
+CONTENDERS = ("streamproxy", "direct", "direct_nochecksums", "rclone", "naive")
+# The same over HTTPS (nginx with TLS in front of the stand-in, bench/tls.py); in the default set.
+TLS_CONTENDERS = ("streamproxy_tls", "direct_nochecksums_tls", "rclone_tls")
 # Not in the default set: streamproxy with one --checksum each, for what integrity costs.
 # "crc64nvme" is what the default --checksum auto sends on AWS (a full-object CRC64NVME).
 EXTRA_CONTENDERS = ("streamproxy_crc32", "streamproxy_crc64nvme", "streamproxy_md5", "streamproxy_none")
@@ -73,10 +76,19 @@ class Run:
 
 
 class Bench:
-    def __init__(self, workdir: Path, endpoint: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        endpoint: str,
+        log: Callable[[str], None],
+        tls_endpoint: str | None = None,
+        ca: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         self.endpoint = endpoint
         self.log = log
+        self.tls_endpoint = tls_endpoint  # the same stand-in behind nginx's TLS
+        self.ca = ca
 
     def tmpdir(self) -> Path:
         path = self.workdir / "tmp" / uuid.uuid4().hex[:8]
@@ -157,6 +169,11 @@ class Bench:
     def streamproxy_none(self, file: Path) -> Run:
         return self.with_checksum("none", file)
 
+    def streamproxy_tls(self, file: Path) -> Run:
+        port = free_port()
+        argv = self.streamproxy_argv(port, "--s3-ca-bundle", str(self.ca), endpoint=self.tls_endpoint)
+        return self.through_server("streamproxy_tls", argv, port, file)
+
     def naive(self, file: Path) -> Run:
         port = free_port()
         argv = [PY, "-m", "bench.naive", "--port", str(port), "--bucket", BUCKET, "--endpoint-url", self.endpoint]
@@ -193,35 +210,47 @@ class Bench:
             extra=extra,
         )
 
-    def direct(self, file: Path, endpoint: str | None = None) -> Run:
+    def direct(
+        self, file: Path, endpoint: str | None = None, *, checksum: str = "md5", tls: bool = False, name: str = "direct"
+    ) -> Run:
         key = uuid.uuid4().hex[:12]
-        argv = [
-            PY,
-            "-m",
-            "bench.direct",
-            str(file),
-            f"s3://{BUCKET}/{key}",
-            "--endpoint-url",
-            endpoint or self.endpoint,
-        ]
-        return self.child("direct", argv, file, key, base_env())
+        argv = [PY, "-m", "bench.direct", str(file), f"s3://{BUCKET}/{key}", "--checksum", checksum]
+        argv += ["--endpoint-url", endpoint or (self.tls_endpoint if tls else self.endpoint) or ""]
+        if tls:
+            argv += ["--ca-bundle", str(self.ca)]
+        return self.child(name, argv, file, key, base_env())
 
-    def rclone(self, file: Path) -> Run:
+    def direct_nochecksums(self, file: Path) -> Run:
+        return self.direct(file, checksum="none", name="direct_nochecksums")
+
+    def direct_nochecksums_tls(self, file: Path) -> Run:
+        return self.direct(file, checksum="none", tls=True, name="direct_nochecksums_tls")
+
+    def rclone(self, file: Path, *, tls: bool = False, name: str = "rclone") -> Run:
         key = uuid.uuid4().hex[:12]
+        endpoint = self.tls_endpoint if tls else self.endpoint
         argv = [
-            "rclone", "rcat", "--config", os.devnull, "--s3-provider", "Other", "--s3-endpoint", self.endpoint,
+            "rclone", "rcat", "--config", os.devnull, "--s3-provider", "Other", "--s3-endpoint", str(endpoint),
             "--s3-access-key-id", "bench", "--s3-secret-access-key", "bench", "--s3-region", "us-east-1",
             "--s3-no-head", "--s3-chunk-size", "8Mi", "--s3-upload-concurrency", "4", f":s3:{BUCKET}/{key}",
         ]  # fmt: skip
+        if tls:
+            argv[2:2] = ["--ca-cert", str(self.ca)]
         env = {k: v for k, v in base_env().items() if k != "AWS_CA_BUNDLE"}
         with open(file, "rb") as stdin:
-            return self.child("rclone", argv, file, key, env, stdin=stdin)
+            return self.child(name, argv, file, key, env, stdin=stdin)
 
-    def concurrent(self, file: Path, uploads: int, extra: list[str]) -> dict[str, Any]:
+    def rclone_tls(self, file: Path) -> Run:
+        return self.rclone(file, tls=True, name="rclone_tls")
+
+    def concurrent(self, file: Path, uploads: int, extra: list[str], *, tls: bool = False) -> dict[str, Any]:
         """``uploads`` simultaneous POSTs of ``file`` through one streamproxy process."""
         port = free_port()
         tmp = self.tmpdir()
-        proc = self.server(self.streamproxy_argv(port, *extra), port, tmp)
+        argv = self.streamproxy_argv(port, *extra)
+        if tls:
+            argv = self.streamproxy_argv(port, *extra, "--s3-ca-bundle", str(self.ca), endpoint=self.tls_endpoint)
+        proc = self.server(argv, port, tmp)
         keys = [uuid.uuid4().hex[:12] for _ in range(uploads)]
         try:
             idle = status_kib(proc.pid, "VmRSS") * 1024
@@ -250,6 +279,7 @@ class Bench:
             "statuses": sorted({r.status for r in results}),
             "tmp_bytes": watch.peak_bytes,
             "args": extra,
+            "tls": tls,
         }
 
 
@@ -359,8 +389,14 @@ def run_all(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     port = free_port()
     standin = start_standin(port)
     endpoint = f"http://127.0.0.1:{port}"
-    bench = Bench(workdir, endpoint, log)
-    contenders = [c for c in (*CONTENDERS, *EXTRA_CONTENDERS) if c in args.contenders]
+    front: subprocess.Popen[bytes] | None = None
+    tls_endpoint, ca = None, None
+    if args.https:
+        front, tls_endpoint, ca = start_tls_front(workdir / "nginx", free_port(), port)
+    bench = Bench(workdir, endpoint, log, tls_endpoint, ca)
+    contenders = [c for c in (*CONTENDERS, *TLS_CONTENDERS, *EXTRA_CONTENDERS) if c in args.contenders]
+    if not args.https:
+        contenders = [c for c in contenders if not c.endswith("_tls")]
     try:
         for size in sizes:
             for rnd in range(args.rounds):
@@ -382,8 +418,15 @@ def run_all(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
             extra = ["--max-concurrent-uploads", str(args.concurrent)]
             out["concurrent"] = bench.concurrent(file, args.concurrent, extra)
             log(f"concurrent: {json.dumps(out['concurrent'])}")
+            if args.https:
+                out["concurrent_tls"] = bench.concurrent(file, args.concurrent, extra, tls=True)
+                log(f"concurrent over https: {json.dumps(out['concurrent_tls'])}")
+        if args.parsing:
+            out["parsing"] = parsing_run(args, log)
         out["standin_vs_moto"] = standin_vs_moto(bench, data, args, log)
     finally:
+        if front is not None:
+            stop(front)
         stop(standin)
     if args.moto:
         out["moto"] = moto_runs(workdir, data, args, log)
@@ -391,6 +434,17 @@ def run_all(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     if not args.keep:
         shutil.rmtree(workdir / "tmp", ignore_errors=True)
     return out
+
+
+def parsing_run(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """bench/parsing.py in a child process: the parsers' MB/s on the loop (and copies, with valgrind)."""
+    argv = [PY, "-m", "bench.parsing", "--mib", "256", "--rounds", str(args.rounds)]
+    if args.copies:
+        argv.append("--copies")
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    log(f"parsing: {json.dumps(result)}")
+    return result
 
 
 def standin_vs_moto(bench: Bench, data: Path, args: Any, log: Callable[[str], None]) -> dict[str, Any]:
