@@ -89,6 +89,7 @@ class S3Writer(WriterBase):
         self._staging_written = False
         self._size = 0
         self._finished = False
+        self._creating: asyncio.Future[None] | None = None  # CreateMultipartUpload in flight
         self._head_deferred = False
         self._head_sha: Any = None  # hashlib state of part 1 (header included), when it came last
         self._head_length = 0
@@ -139,15 +140,21 @@ class S3Writer(WriterBase):
                 upload = MultipartUpload(self._s3, self._key, self._strategy, checksum=self._strategy.checksum)
                 if self._head_deferred:
                     upload.skip_first()
-                await upload.create(
-                    ContentType=self._content_type,
-                    Metadata=self._metadata,
-                    **(self._o.encryption_args() if self._staged else self._o.object_args(self._early_tags)),
+                # The creation runs shielded and is registered before it is awaited: a client that
+                # vanishes meanwhile cancels this task, but the store may already have created the
+                # upload, and abort() must wait for its id to abort it instead of leaving it open.
+                self._creating = asyncio.ensure_future(
+                    upload.create(
+                        ContentType=self._content_type,
+                        Metadata=self._metadata,
+                        **(self._o.encryption_args() if self._staged else self._o.object_args(self._early_tags)),
+                    )
                 )
+                self._upload = upload
+                await asyncio.shield(self._creating)
             except BaseException:
                 part.release()
                 raise
-            self._upload = upload
         await self._upload.part(part)
 
     async def complete(
@@ -389,6 +396,8 @@ class S3Writer(WriterBase):
         await asyncio.shield(self._abort())
 
     async def _abort(self) -> None:
+        if self._creating is not None:
+            await asyncio.gather(self._creating, return_exceptions=True)  # its upload id, if any
         if self._single is not None:
             self._single.release()
             self._single = None
