@@ -177,15 +177,18 @@ log "ok: the HEALTHCHECK command passes ($(podman inspect --format '{{.State.Hea
 # is drained to success. The slow upload writes a marker file once its first bytes are sent.
 export IMAGE_TEST_VOLUME="$volume" IMAGE_TEST_WORK="$work"
 python3 - <<'EOF' || fail "upload checks failed: $(podman logs "$container" 2>&1 | tail -n 20)"
-import hashlib, http.client, json, os, urllib.parse
+import hashlib, http.client, json, os, struct, urllib.parse
 base = urllib.parse.urlsplit(os.environ["IMAGE_TEST_BASE"])
 token = os.environ["IMAGE_TEST_TOKEN"]
-body = os.urandom(3 * 1024 * 1024 + 17)
+# A WAV as the platform's Record module sends it (16-bit PCM, 8 kHz): stored unchanged, byte for byte.
+samples = os.urandom(3 * 1024 * 1024 + 18)
+body = (b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16) + b"data" + struct.pack("<I", len(samples)) + samples)
 
 def put(name: str, headers: dict[str, str]) -> tuple[int, dict]:
     connection = http.client.HTTPConnection(base.hostname, base.port, timeout=30)
     connection.request("PUT", f"/recordings/{name}", body=body,
-                       headers={"Content-Type": "application/octet-stream", **headers})
+                       headers={"Content-Type": "audio/wav", **headers})
     answer = connection.getresponse()
     return answer.status, json.loads(answer.read())
 
@@ -203,13 +206,16 @@ EOF
 
 # The slow upload: 2 MiB in 20 chunks over ~4 s, started before SIGTERM and finished during the drain.
 python3 - >"$work/slow.out" 2>&1 <<'EOF' &
-import hashlib, http.client, json, os, time, urllib.parse
+import hashlib, http.client, json, os, struct, time, urllib.parse
 base = urllib.parse.urlsplit(os.environ["IMAGE_TEST_BASE"])
-chunks = [os.urandom(100 * 1024) for _ in range(20)]
+samples = os.urandom(20 * 100 * 1024 - 44)  # a 16-bit PCM WAV, stored unchanged
+body = (b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16) + b"data" + struct.pack("<I", len(samples)) + samples)
+chunks = [body[i : i + 100 * 1024] for i in range(0, len(body), 100 * 1024)]
 connection = http.client.HTTPConnection(base.hostname, base.port, timeout=60)
 connection.putrequest("PUT", "/recordings/drained")
 connection.putheader("Authorization", "Bearer " + os.environ["IMAGE_TEST_TOKEN"])
-connection.putheader("Content-Type", "application/octet-stream")
+connection.putheader("Content-Type", "audio/wav")
 connection.putheader("Content-Length", str(sum(map(len, chunks))))
 connection.endheaders()
 for number, chunk in enumerate(chunks):
