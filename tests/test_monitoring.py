@@ -323,8 +323,12 @@ async def test_rules_and_panels_against_a_live_server_and_prometheus(
                 await asyncio.sleep(0.5)
             assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for r in rules())
             assert all(r["health"] == "ok" for r in loaded), [(r["name"], r.get("lastError")) for r in loaded]
-            # StreamproxyDown's `up` is there, and says the target is up.
-            assert [s["value"][1] for s in await instant(session, url, 'up{job="streamproxy"}')] == ["1"]
+            # StreamproxyDown's `up` is there (once the first scrape is in), and says the target is up.
+            deadline = time.monotonic() + 30
+            while not (up := await instant(session, url, 'up{job="streamproxy"}')):
+                assert time.monotonic() < deadline, "Prometheus never scraped the server"
+                await asyncio.sleep(0.5)
+            assert [s["value"][1] for s in up] == ["1"]
 
             # Every panel's query returns data once the scrapes after the uploads are in.
             pending = {(title, substitute(expr)) for title, expr in panel_queries()}
