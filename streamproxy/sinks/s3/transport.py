@@ -162,7 +162,7 @@ def _install_once() -> None:
 
 
 def _botocore_signers() -> tuple[type, ...]:
-    """botocore's own SigV4 signers for S3 (pure Python, and the CRT one when awscrt is installed)."""
+    """Return botocore's own SigV4 signers for S3 (pure Python, and the CRT one when awscrt is installed)."""
     try:
         from botocore.crt.auth import CrtS3SigV4Auth
     except ImportError:  # botocore without its crt module
