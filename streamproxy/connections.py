@@ -31,7 +31,14 @@ from typing import cast
 
 from aiohttp import web
 
-__all__ = ["CONNECTIONS", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+from .parts import RECEIVING, Receiving
+
+__all__ = ["CONNECTIONS", "READ_BUFSIZE", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+
+# aiohttp's per-connection body buffer (``read_bufsize``): its StreamReader pauses the socket once it
+# holds twice this. aiohttp's default (256 KiB) lets every upload waiting for a part buffer keep up
+# to 512 KiB plus one socket read (up to 256 KiB) outside the part budget.
+READ_BUFSIZE = 2**18
 
 _HEAD_END = b"\r\n\r\n"
 # After a canned answer, how long the client's further bytes are read and dropped before the close:
@@ -121,7 +128,13 @@ class _GuardedConnection(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(limits.header_timeout, self._head_late)
         inner = cast(asyncio.Protocol, guard.factory())
         self._inner = inner
-        inner.connection_made(transport)
+        # aiohttp starts the connection's task here; the task (and each request's) inherits this,
+        # so an upload waiting for a part buffer can pause its own connection (streamproxy.parts).
+        token = RECEIVING.set(cast(Receiving, inner))
+        try:
+            inner.connection_made(transport)
+        finally:
+            RECEIVING.reset(token)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None or self._lingering:

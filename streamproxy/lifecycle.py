@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .connections import CONNECTIONS, ConnectionLimits, ConnectionStats, GuardedSite
+from .connections import CONNECTIONS, READ_BUFSIZE, ConnectionLimits, ConnectionStats, GuardedSite
 from .errors import StreamproxyError, Unavailable
 from .metrics import METRICS, Metrics
 from .notify.service import NotifyHub
@@ -248,6 +248,7 @@ async def serve(
         access_log=None,
         shutdown_timeout=_RUNNER_SHUTDOWN,
         keepalive_timeout=keepalive_timeout,
+        read_bufsize=READ_BUFSIZE,
     )
     await runner.setup()
     try:

@@ -156,3 +156,32 @@ async def test_no_limits_means_no_guarding(guarded: Start) -> None:
     await asyncio.sleep(0.5)
     assert not reader.at_eof() and site.stats.header_timeouts == 0 and site.stats.open == 1
     writer.close()
+
+
+async def test_request_tasks_know_their_connection_so_a_waiting_upload_can_pause_it(guarded: Start) -> None:
+    """The guard hands aiohttp's protocol to the connection's tasks (streamproxy.parts.RECEIVING)."""
+    from aiohttp.web_protocol import RequestHandler
+
+    from streamproxy.parts import RECEIVING
+
+    seen: list[object] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(RECEIVING.get())
+        return web.json_response({"status": "success"})
+
+    app = web.Application()
+    app.router.add_get("/who", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        port = free_port()
+        await GuardedSite(runner, "127.0.0.1", port, ConnectionLimits(header_timeout=5, max_connections=0)).start()
+        for _ in range(2):
+            status, _ = await request(port, b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert status == 200
+    finally:
+        await runner.cleanup()
+    assert len(seen) == 2 and all(isinstance(s, RequestHandler) for s in seen)
+    assert seen[0] is not seen[1]  # each connection its own
+    assert RECEIVING.get() is None  # nothing leaks into the loop's own context
