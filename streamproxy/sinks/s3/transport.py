@@ -155,8 +155,8 @@ def _install_once() -> None:
     warnings.filterwarnings("ignore", message="Sending a large body directly", category=ResourceWarning)
     payload.register_payload(_part_payload, PartBody)  # type: ignore[arg-type]  # any factory works
     # aiobotocore looks the signer class up in this table for every request. With awscrt installed
-    # (it computes the CRC64NVME), botocore puts its CRT signer there, which reads and hashes every
-    # part body on the event loop, and signs the payload over HTTPS even when a checksum is sent.
+    # (it computes the CRC64NVME), botocore puts its CRT signer there, which copies and hashes every
+    # part body on the event loop over plain HTTP.
     if auth.AUTH_TYPE_MAPS.get("s3v4") in _BOTOCORE_SIGNERS:
         auth.AUTH_TYPE_MAPS["s3v4"] = PrehashedS3SigV4Auth
 
