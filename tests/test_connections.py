@@ -158,16 +158,19 @@ async def test_no_limits_means_no_guarding(guarded: Start) -> None:
     writer.close()
 
 
-async def test_request_tasks_know_their_connection_so_a_waiting_upload_can_pause_it(guarded: Start) -> None:
-    """The guard hands aiohttp's protocol to the connection's tasks (streamproxy.parts.RECEIVING)."""
-    from aiohttp.web_protocol import RequestHandler
-
+async def test_request_tasks_can_pause_their_own_connection_while_they_wait(guarded: Start) -> None:
+    """The guard hands each connection's tasks a handle that pauses its socket (streamproxy.parts.RECEIVING)."""
     from streamproxy.parts import RECEIVING
 
-    seen: list[object] = []
+    seen: list[tuple[object, bool, bool]] = []
 
     async def handler(request: web.Request) -> web.Response:
-        seen.append(RECEIVING.get())
+        connection = RECEIVING.get()
+        assert connection is not None and request.transport is not None
+        connection.pause_reading()
+        paused = not request.transport.is_reading()
+        connection.resume_reading()
+        seen.append((connection, paused, request.transport.is_reading()))
         return web.json_response({"status": "success"})
 
     app = web.Application()
@@ -182,6 +185,6 @@ async def test_request_tasks_know_their_connection_so_a_waiting_upload_can_pause
             assert status == 200
     finally:
         await runner.cleanup()
-    assert len(seen) == 2 and all(isinstance(s, RequestHandler) for s in seen)
-    assert seen[0] is not seen[1]  # each connection its own
+    assert [(paused, resumed) for _, paused, resumed in seen] == [(True, True), (True, True)]
+    assert seen[0][0] is not seen[1][0]  # each connection its own
     assert RECEIVING.get() is None  # nothing leaks into the loop's own context
