@@ -18,6 +18,7 @@ from aiohttp.web_urldispatcher import AbstractRoute, _default_expect_handler
 
 from .auth import check_request, client_address
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
+from .formdata import FormReader, MalformedForm, boundary_of, next_chunk
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .lifecycle import ADMISSION
 from .manifest import RequestInfo, write_manifest
@@ -246,14 +247,17 @@ async def _put(request: web.Request, ingest: Ingest) -> Upload:
 
 async def _multipart(request: web.Request, ingest: Ingest) -> Upload:
     try:
-        reader = await request.multipart()
-    except (KeyError, ValueError, AssertionError) as exc:
+        reader = FormReader(request.content, boundary_of(request.headers.get("Content-Type", "")))
+    except MalformedForm as exc:
         raise BadRequest(f"the multipart body is malformed ({exc})", code="malformed_body") from None
     return await ingest.multipart(reader)
 
 
 async def _raw(request: web.Request, ingest: Ingest, filename: str) -> Upload:
-    return await ingest.raw(request.content.readany, filename=filename, content_type=request.content_type or None)
+    # One received chunk at a time, uncopied (readany() joins whatever is buffered).
+    return await ingest.raw(
+        lambda: next_chunk(request.content), filename=filename, content_type=request.content_type or None
+    )
 
 
 async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> web.Response:
