@@ -368,3 +368,11 @@ def test_bodyless_requests_in_a_row_get_their_400() -> None:
             assert (form_reply.status, json.loads(form_reply.body)["error"]) == (400, "malformed_body")
             raw_reply = live.request("PUT", "/recordings/call-1", headers={"Content-Type": "audio/wav"}, timeout=10)
             assert (raw_reply.status, json.loads(raw_reply.body)["error"]) == (400, "empty_recording")
+
+
+@pytest.mark.parametrize("name", ["aiohttp", "formdata", "ingest"])
+def test_parsing_bench_copies_every_recording_byte(name: str) -> None:
+    """bench/parsing.py's contenders hand on exactly the recording's bytes (``one`` raises otherwise)."""
+    from bench.parsing import one
+
+    assert one(name, 2) >= 0
