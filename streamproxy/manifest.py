@@ -18,6 +18,7 @@ import structlog
 
 from . import __version__
 from .ingest import Ingest, Upload
+from .sinks import Completion, ObjectSpec
 
 __all__ = ["MANIFEST_SUFFIX", "MANIFEST_VERSION", "RequestInfo", "build_manifest", "manifest_key", "write_manifest"]
 
@@ -87,16 +88,12 @@ async def write_manifest(ingest: Ingest, upload: Upload, info: RequestInfo) -> s
         if len(data) > ingest.pool.part_size:  # text fields are capped far below a part; never expected
             raise ValueError(f"the manifest is {len(data)} bytes, more than one part")
         tags = ingest.tags_for(upload.fields)
-        writer = await ingest.manifest_sink.open(key, content_type="application/json", metadata={}, tags=tags)
-        try:
+        async with await ingest.manifest_sink.open(ObjectSpec(key, "application/json", tags=tags)) as writer:
             part = await ingest.pool.acquire()
             part.data[: len(data)] = data
             part.length = len(data)
             await writer.write(part, last=True)
-            await writer.complete(tags=tags)
-        except BaseException:
-            await writer.abort()
-            raise
+            await writer.complete(Completion(tags=tags))
     except Exception as exc:
         # The recording is stored: the client gets its success, the operator a log line and a count.
         ingest.manifest_failures += 1

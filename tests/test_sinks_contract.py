@@ -10,7 +10,7 @@ import pytest
 
 from streamproxy.errors import KeyExists
 from streamproxy.parts import BufferPool
-from streamproxy.sinks import Sink
+from streamproxy.sinks import Completion, ObjectSpec, Sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.s3 import S3Options, S3Sink
@@ -51,7 +51,7 @@ async def harness(
 
 
 async def _write(sink: Sink, pool: BufferPool, key: str | None, data: bytes) -> Any:
-    writer = await sink.open(key, content_type="audio/wav", metadata={"caller": "1"})
+    writer = await sink.open(ObjectSpec(key, "audio/wav", metadata={"caller": "1"}))
     pieces = [data[i : i + PART] for i in range(0, len(data), PART)]
     for index, piece in enumerate(pieces):
         part = await pool.acquire()
@@ -71,7 +71,7 @@ async def test_complete_stores_exact_bytes(harness, size: int, late_key: bool) -
     pool = BufferPool(PART, 4 * PART)
     data = payload(size)
     writer = await _write(sink, pool, None if late_key else "a/b.wav", data)
-    stored = await writer.complete(key="a/b.wav" if late_key else None, metadata={"sha256": "x"})
+    stored = await writer.complete(Completion(key="a/b.wav" if late_key else None, metadata={"sha256": "x"}))
     assert stored.key == "a/b.wav"
     assert contents() == {"a/b.wav": data}
     assert pool.bytes_in_use == 0
@@ -84,7 +84,7 @@ async def test_abort_leaves_nothing(harness, late_key: bool) -> None:
     sink = make()
     await sink.start()
     pool = BufferPool(PART, 4 * PART)
-    writer = await sink.open(None if late_key else "gone.wav", content_type="audio/wav", metadata={})
+    writer = await sink.open(ObjectSpec(None if late_key else "gone.wav", "audio/wav"))
     for _ in range(2):
         part = await pool.acquire()
         part.length = PART
@@ -107,7 +107,7 @@ async def test_existing_key_is_refused_and_kept(harness, size: int) -> None:
     with pytest.raises(KeyExists):
         await (await _write(sink, pool, "k.wav", payload(size))).complete()
     with pytest.raises(KeyExists):
-        await (await _write(sink, pool, None, payload(size))).complete(key="k.wav")
+        await (await _write(sink, pool, None, payload(size))).complete(Completion(key="k.wav"))
     assert contents() == {"k.wav": first}
     assert pool.bytes_in_use == 0
 
