@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.errors import KeyExists
+from streamproxy.errors import BadRequest, KeyExists
 from streamproxy.parts import BufferPool
 from streamproxy.sinks import Completion, ObjectSpec, Sink
 from streamproxy.sinks.fs import FileSink
@@ -121,3 +121,44 @@ async def test_overwrite_replaces(harness) -> None:
     await (await _write(sink, pool, "k.wav", b"one")).complete()
     await (await _write(sink, pool, "k.wav", b"two")).complete()
     assert contents() == {"k.wav": b"two"}
+
+
+@pytest.mark.parametrize("late_key", [False, True])
+async def test_leaving_the_block_aborts_unless_completed(harness, late_key: bool) -> None:
+    """Every writer is an async context manager: leaving the block aborts, unless ``complete()`` stored it."""
+    make, contents = harness
+    sink = make()
+    await sink.start()
+    pool = BufferPool(PART, 4 * PART)
+    with pytest.raises(RuntimeError):
+        async with await _write(sink, pool, None if late_key else "raised.wav", payload(2 * PART + 1)):
+            raise RuntimeError("the client went away")
+    async with await _write(sink, pool, None if late_key else "left.wav", payload(3)):
+        pass  # neither complete() nor an exception: aborted all the same
+    assert contents() == {}
+    async with await _write(sink, pool, None if late_key else "kept.wav", payload(2 * PART + 1)) as writer:
+        await writer.complete(Completion(key="kept.wav" if late_key else None))
+    assert contents() == {"kept.wav": payload(2 * PART + 1)}
+    assert pool.bytes_in_use == 0
+
+
+async def test_a_late_key_that_never_comes_is_refused(harness) -> None:
+    """Opened without a key and completed without one: 400 missing_field, and nothing is left."""
+    make, contents = harness
+    sink = make()
+    await sink.start()
+    pool = BufferPool(PART, 4 * PART)
+    writer = await _write(sink, pool, None, payload(2 * PART + 1))
+    with pytest.raises(BadRequest) as raised:
+        await writer.complete()
+    assert raised.value.code == "missing_field"
+    assert contents() == {}
+    assert pool.bytes_in_use == 0
+
+
+def test_the_parameter_objects_keep_their_own_copies() -> None:
+    """A caller that reuses its dicts after open or complete cannot change what the writer stores."""
+    metadata, tags = {"caller": "1"}, {"team": "a"}
+    spec, done = ObjectSpec("k.wav", "audio/wav", metadata=metadata, tags=tags), Completion(metadata=metadata)
+    metadata["caller"], tags["team"] = "2", "b"
+    assert spec.metadata == {"caller": "1"} and spec.tags == {"team": "a"} and done.metadata == {"caller": "1"}
