@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,20 @@ from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.s3 import S3Options, S3Sink
 from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
 
-SinkFactory = Callable[..., Any]
+Start = Callable[..., Awaitable[tuple[Sink, BufferPool]]]
 
 
 @pytest.fixture(params=["memory", "fs", "s3"])
 async def harness(
     request: pytest.FixtureRequest, tmp_path: Path, moto_endpoint: str, s3: Any, bucket: str
-) -> AsyncIterator[tuple[Callable[[bool], Sink], Callable[[], dict[str, bytes]]]]:
-    """Yield (make_sink(overwrite), contents()) for each sink, with its own way to read back what it stored."""
+) -> AsyncIterator[tuple[Start, Callable[[], dict[str, bytes]]]]:
+    """Yield (start(overwrite), contents()) for each sink, with its own way to read back what it stored.
+
+    ``start`` returns the started sink and a part budget of four parts.
+    """
     made: list[Sink] = []
 
-    def make(overwrite: bool = False) -> Sink:
+    async def start(overwrite: bool = False) -> tuple[Sink, BufferPool]:
         sink: Sink
         if request.param == "memory":
             sink = made[0] if made else MemorySink(overwrite=overwrite)
@@ -35,7 +38,8 @@ async def harness(
         else:
             sink = S3Sink(S3Options.from_settings(s3_settings(moto_endpoint, bucket, prefix="", overwrite=overwrite)))
         made.append(sink)
-        return sink
+        await sink.start()
+        return sink, BufferPool(PART, 4 * PART)
 
     def contents() -> dict[str, bytes]:
         if request.param == "memory":
@@ -45,7 +49,7 @@ async def harness(
         assert incomplete_uploads(s3, bucket) == []
         return objects(s3, bucket)
 
-    yield make, contents
+    yield start, contents
     for sink in made:
         await sink.close()
 
@@ -65,10 +69,8 @@ async def _write(sink: Sink, pool: BufferPool, key: str | None, data: bytes) -> 
 @pytest.mark.parametrize("late_key", [False, True])
 async def test_complete_stores_exact_bytes(harness, size: int, late_key: bool) -> None:
     """The completed object has exactly the written bytes, whether the key came at open or at complete."""
-    make, contents = harness
-    sink = make()
-    await sink.start()
-    pool = BufferPool(PART, 4 * PART)
+    start, contents = harness
+    sink, pool = await start()
     data = payload(size)
     writer = await _write(sink, pool, None if late_key else "a/b.wav", data)
     stored = await writer.complete(Completion(key="a/b.wav" if late_key else None, metadata={"sha256": "x"}))
@@ -80,10 +82,8 @@ async def test_complete_stores_exact_bytes(harness, size: int, late_key: bool) -
 @pytest.mark.parametrize("late_key", [False, True])
 async def test_abort_leaves_nothing(harness, late_key: bool) -> None:
     """Abort after some parts removes every trace and returns every buffer; a second abort is harmless."""
-    make, contents = harness
-    sink = make()
-    await sink.start()
-    pool = BufferPool(PART, 4 * PART)
+    start, contents = harness
+    sink, pool = await start()
     writer = await sink.open(ObjectSpec(None if late_key else "gone.wav", "audio/wav"))
     for _ in range(2):
         part = await pool.acquire()
@@ -98,10 +98,8 @@ async def test_abort_leaves_nothing(harness, late_key: bool) -> None:
 @pytest.mark.parametrize("size", [3, 2 * PART + 1])
 async def test_existing_key_is_refused_and_kept(harness, size: int) -> None:
     """Without overwrite, completing onto an existing key raises KeyExists and leaves the first object."""
-    make, contents = harness
-    sink = make()
-    await sink.start()
-    pool = BufferPool(PART, 4 * PART)
+    start, contents = harness
+    sink, pool = await start()
     first = payload(5, seed=1)
     await (await _write(sink, pool, "k.wav", first)).complete()
     with pytest.raises(KeyExists):
@@ -114,10 +112,8 @@ async def test_existing_key_is_refused_and_kept(harness, size: int) -> None:
 
 async def test_overwrite_replaces(harness) -> None:
     """With overwrite the second upload wins."""
-    make, contents = harness
-    sink = make(True)
-    await sink.start()
-    pool = BufferPool(PART, 4 * PART)
+    start, contents = harness
+    sink, pool = await start(True)
     await (await _write(sink, pool, "k.wav", b"one")).complete()
     await (await _write(sink, pool, "k.wav", b"two")).complete()
     assert contents() == {"k.wav": b"two"}
@@ -126,10 +122,8 @@ async def test_overwrite_replaces(harness) -> None:
 @pytest.mark.parametrize("late_key", [False, True])
 async def test_leaving_the_block_aborts_unless_completed(harness, late_key: bool) -> None:
     """Every writer is an async context manager: leaving the block aborts, unless ``complete()`` stored it."""
-    make, contents = harness
-    sink = make()
-    await sink.start()
-    pool = BufferPool(PART, 4 * PART)
+    start, contents = harness
+    sink, pool = await start()
     with pytest.raises(RuntimeError):
         async with await _write(sink, pool, None if late_key else "raised.wav", payload(2 * PART + 1)):
             raise RuntimeError("the client went away")
@@ -144,10 +138,8 @@ async def test_leaving_the_block_aborts_unless_completed(harness, late_key: bool
 
 async def test_a_late_key_that_never_comes_is_refused(harness) -> None:
     """Opened without a key and completed without one: 400 missing_field, and nothing is left."""
-    make, contents = harness
-    sink = make()
-    await sink.start()
-    pool = BufferPool(PART, 4 * PART)
+    start, contents = harness
+    sink, pool = await start()
     writer = await _write(sink, pool, None, payload(2 * PART + 1))
     with pytest.raises(BadRequest) as raised:
         await writer.complete()
