@@ -79,8 +79,9 @@ class ObjectSpec:
 class Completion:
     """What ``Writer.complete`` adds to the ``ObjectSpec``: the key if it came late, more metadata and tags.
 
-    Metadata known only at the end (the sha256, the size) joins the metadata given at open;
-    ``tags`` join the ones given at open, for stores that have tags (others ignore them).
+    Metadata known only at the end (the sha256, the size) joins the metadata given at open.
+    ``tags`` are the object's whole tag set, for stores that have tags (others ignore them);
+    ``ObjectSpec.tags`` only start an upload that must be created with its tags (S3 multipart).
     """
 
     key: str | None = None
