@@ -30,20 +30,17 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .connections import CONNECTIONS, ConnectionLimits, ConnectionStats, GuardedSite
+from .appkeys import ADMISSION, CONNECTIONS, METRICS, NOTIFY, READINESS
+from .connections import ConnectionLimits, ConnectionStats, GuardedSite
 from .errors import StreamproxyError, Unavailable
-from .metrics import METRICS, Metrics
-from .notify.service import NotifyHub
+from .metrics import Metrics
 from .sinks import Sink
 
 __all__ = [
     "ABORT_GRACE",
-    "ADMISSION",
-    "NOTIFY",
     "CURRENT_TICKET",
     "PROBE_TIMEOUT",
     "PROBE_TTL",
-    "READINESS",
     "Admission",
     "AdmissionTicket",
     "Readiness",
@@ -153,9 +150,6 @@ class Admission:
         return False
 
 
-ADMISSION = web.AppKey("admission", Admission)
-
-
 class Readiness:
     """Answer "can this instance take uploads?" from a storage probe cached for ``ttl`` seconds."""
 
@@ -208,10 +202,6 @@ class Readiness:
         except StreamproxyError as exc:
             return exc.message
         return None
-
-
-READINESS = web.AppKey("readiness", Readiness)
-NOTIFY = web.AppKey("notify", NotifyHub)
 
 
 async def readyz(request: web.Request) -> web.Response:
