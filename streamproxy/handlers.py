@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,7 +88,7 @@ class UploadRoute:
             self.guard.check(request)  # the middlewares have not run yet
             self._precheck(request)
         except StreamproxyError as exc:
-            _report(request, self.guard, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())
+            _report(request, self.guard, _Attempt(error=exc))
             return _json_error(exc)
         await _default_expect_handler(request)
         return None
@@ -138,20 +138,15 @@ class UploadRoute:
         )
 
     async def _run(self, request: web.Request, work: Callable[[], Awaitable[Upload]]) -> web.Response:
-        started = time.monotonic()
-        stats = UploadStats()
-        token = CURRENT_UPLOAD.set(stats)
+        attempt = _Attempt()
+        token = CURRENT_UPLOAD.set(attempt.stats)
         received_at = datetime.now(UTC)
-        outcome = "failure"
-        cancelled = ""
-        upload: Upload | None = None
-        error: StreamproxyError | None = None
         admission = request.app[ADMISSION]
         body: dict[str, Any] = {}
         try:
             self._precheck(request)
             with admission:
-                upload = await work()
+                attempt.upload = upload = await work()
                 stored_at = datetime.now(UTC)
                 body = _answer(upload)
                 if self.manifests is not None:
@@ -162,36 +157,27 @@ class UploadRoute:
                     # A failed outbox write is logged and counted there; the recording is stored either way.
                     info = _request_info(request, self.guard, received_at)
                     await self.notifier.record(_event(body, upload, info, stored_at), self.notify_targets)
-            outcome = "success"
+            attempt.outcome = "success"
         except StreamproxyError as exc:
-            error = exc
+            attempt.error = exc
             raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or not admission.stopped_by_shutdown(task):
-                outcome, cancelled = "cancelled", "cancelled"
+                attempt.outcome = attempt.cancelled = "cancelled"
                 raise
             # The drain deadline cancelled this upload; its writer is aborted. Tell the client to retry.
             task.uncancel()
-            error = Unavailable(
+            attempt.error = Unavailable(
                 "the server shut down before the upload finished; nothing was stored", code="shutdown", retry_after=5
             )
-            raise error from None
+            raise attempt.error from None
         except ConnectionError:
-            outcome, cancelled = "cancelled", "client_disconnected"
+            attempt.outcome, attempt.cancelled = "cancelled", "client_disconnected"
             raise
         finally:
             CURRENT_UPLOAD.reset(token)
-            _report(
-                request,
-                self.guard,
-                outcome=outcome,
-                error=error,
-                started=started,
-                stats=stats,
-                upload=upload,
-                cancelled=cancelled,
-            )
+            _report(request, self.guard, attempt)
         return web.json_response(body)
 
 
@@ -243,21 +229,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         structlog.contextvars.unbind_contextvars("request_id")
 
 
-def _report(
-    request: web.Request,
-    guard: Guard,
-    *,
-    outcome: str,
-    error: StreamproxyError | None,
-    started: float,
-    stats: UploadStats,
-    upload: Upload | None = None,
-    cancelled: str = "",
-) -> None:
+@dataclass
+class _Attempt:
+    """What one upload request came to, for its log line and its metrics."""
+
+    started: float = field(default_factory=time.monotonic)
+    stats: UploadStats = field(default_factory=UploadStats)
+    outcome: str = "failure"
+    error: StreamproxyError | None = None
+    upload: Upload | None = None
+    cancelled: str = ""  # "cancelled" or "client_disconnected": the request ended without an answer
+
+
+def _report(request: web.Request, guard: Guard, attempt: _Attempt) -> None:
     """Write the one log line of an upload request and count it."""
-    elapsed = time.monotonic() - started
+    outcome, error, stats, upload = attempt.outcome, attempt.error, attempt.stats, attempt.upload
+    elapsed = time.monotonic() - attempt.started
     size = upload.received.size if upload else stats.bytes  # what the client sent
-    code = error.code if error else cancelled
+    code = error.code if error else attempt.cancelled
     emit = log.warning if error is not None and error.status >= 500 else log.info
     emit(
         "upload",
@@ -290,7 +279,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         try:
             route.guard.check(request)
         except StreamproxyError as exc:
-            _report(request, route.guard, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())
+            _report(request, route.guard, _Attempt(error=exc))
             raise
     return await handler(request)
 
