@@ -156,8 +156,6 @@ class Ingest:
         max_upload_seconds: float | None = None,
         audio: AudioPolicy | None = None,
         tag_fields: tuple[str, ...] = (),
-        manifest: bool = False,
-        manifest_sink: Sink | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -170,11 +168,6 @@ class Ingest:
         self.max_upload_seconds = max_upload_seconds
         self.audio = audio or AudioPolicy()
         self.tag_fields = tag_fields
-        self.manifest = manifest
-        # Manifests bypass the upload instrumentation: they are not recordings.
-        self.manifest_sink = manifest_sink if manifest_sink is not None else sink
-        self.manifest_failures = 0  # manifests not written although their recording was stored
-        self.on_manifest_failure: Callable[[], None] = lambda: None
 
     def key_for(self, filename: str | None, fields: Mapping[str, str], ext: str = "") -> str:
         """Return the full object key for this upload (prefix included), or raise a 400.

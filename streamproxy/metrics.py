@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .appkeys import METRICS
 from .connections import ConnectionStats
 from .parts import PartBuffer
 from .sinks import (
@@ -36,7 +37,7 @@ from .sinks import (
     WriterBase,
 )
 
-__all__ = ["CURRENT_UPLOAD", "METRICS", "InstrumentedSink", "Metrics", "UploadStats", "metrics_endpoint"]
+__all__ = ["CURRENT_UPLOAD", "InstrumentedSink", "Metrics", "UploadStats", "metrics_endpoint"]
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _S3_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -155,9 +156,6 @@ class Metrics:
         self.upload_duration.labels(outcome=outcome).observe(seconds)
         if outcome == "success" and size is not None:
             self.upload_size.observe(size)
-
-
-METRICS = web.AppKey("metrics", Metrics)
 
 
 class _ConnectionCounters(Collector):

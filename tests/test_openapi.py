@@ -22,9 +22,9 @@ from referencing.jsonschema import DRAFT202012
 import streamproxy
 from streamproxy import __version__
 from streamproxy.app import make_app
+from streamproxy.appkeys import ADMISSION
 from streamproxy.config import Settings, StorageURI
 from streamproxy.errors import StorageFailed, StorageTimeout, StorageUnavailable, StreamproxyError
-from streamproxy.lifecycle import ADMISSION
 from streamproxy.sinks import ObjectSpec
 from streamproxy.sinks.memory import MemorySink, MemoryWriter
 from tests.conftest import PART, s3_settings

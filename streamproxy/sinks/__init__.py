@@ -28,7 +28,7 @@ Sinks raise only ``streamproxy.errors`` exceptions and never import aiohttp's we
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -44,6 +44,7 @@ __all__ = [
     "HeadLastWriter",
     "HeaderPatching",
     "ObjectSpec",
+    "Observable",
     "PatchingWriter",
     "Sink",
     "Stored",
@@ -172,6 +173,14 @@ class HeadLast(Protocol):
 
         ``complete`` then reads back what follows part 1 to hash the stored bytes.
         """
+
+
+@runtime_checkable
+class Observable(Protocol):
+    """A sink that reports every call it makes to its store (the S3 sink), for the metrics."""
+
+    observe: Callable[[str, float, int], None]
+    """Called after each call with its operation, its duration in seconds and its retries."""
 
 
 class HeadLastWriter(Writer, HeadLast, Protocol):
