@@ -31,7 +31,7 @@ from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
 from .lifecycle import mark_completing
 from .parts import BufferPool
-from .sinks import Sink, Stored, Writer
+from .sinks import Completion, ObjectSpec, Sink, Stored, Writer
 from .tags import sanitize_tag_key, sanitize_tag_value
 
 __all__ = [
@@ -235,7 +235,7 @@ class Ingest:
         try:
             mark_completing()
             stored = await writer.complete(
-                key=key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields)
+                Completion(key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields))
             )
         except BaseException:
             await writer.abort()
@@ -259,7 +259,7 @@ class Ingest:
             key = self.key_for(name, fields, chosen.ext) if name is not None else None
             types.append(stored_type(chosen, declared))
             return await self.sink.open(
-                key, content_type=types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+                ObjectSpec(key, types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields))
             )
 
         return open_writer

@@ -21,7 +21,7 @@ import structlog
 from . import __version__
 from .ingest import Upload
 from .parts import BufferPool
-from .sinks import Sink
+from .sinks import Completion, ObjectSpec, Sink
 
 __all__ = ["MANIFEST_SUFFIX", "MANIFEST_VERSION", "Manifests", "RequestInfo", "build_manifest", "manifest_key"]
 
@@ -106,16 +106,12 @@ class Manifests:
         try:
             if len(data) > self.pool.part_size:  # text fields are capped far below a part; never expected
                 raise ValueError(f"the manifest is {len(data)} bytes, more than one part")
-            writer = await self.sink.open(key, content_type="application/json", metadata={}, tags=tags)
-            try:
+            async with await self.sink.open(ObjectSpec(key, "application/json", tags=tags)) as writer:
                 part = await self.pool.acquire()
                 part.data[: len(data)] = data
                 part.length = len(data)
                 await writer.write(part, last=True)
-                await writer.complete(tags=tags)
-            except BaseException:
-                await writer.abort()
-                raise
+                await writer.complete(Completion(tags=tags))
         except Exception as exc:
             # The recording is stored: the client gets its success, the operator a log line and a count.
             self.on_failure()
