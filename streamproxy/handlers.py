@@ -26,6 +26,7 @@ from aiohttp.web_urldispatcher import AbstractRoute, _default_expect_handler
 from .appkeys import ADMISSION, METRICS, UPLOAD_ROUTES
 from .auth import Guard
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
+from .formdata import FormReader, MalformedForm, boundary_of, next_chunk
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
 from .manifest import Manifests, RequestInfo
 from .metrics import CURRENT_UPLOAD, UploadStats
@@ -109,8 +110,8 @@ class UploadRoute:
         ingest = self.ingest
         if request.content_type == "multipart/form-data":
             try:
-                reader = await request.multipart()
-            except (KeyError, ValueError, AssertionError) as exc:
+                reader = FormReader(request.content, boundary_of(request.headers.get("Content-Type", "")))
+            except MalformedForm as exc:
                 raise BadRequest(f"the multipart body is malformed ({exc})", code="malformed_body") from None
             return await ingest.multipart(reader)
         filename = request.query.get("filename")
@@ -133,8 +134,9 @@ class UploadRoute:
         return await self._raw(request, request.match_info["filename"])
 
     async def _raw(self, request: web.Request, filename: str) -> Upload:
+        # One received chunk at a time, uncopied (readany() joins whatever is buffered).
         return await self.ingest.raw(
-            request.content.readany, filename=filename, content_type=request.content_type or None
+            lambda: next_chunk(request.content), filename=filename, content_type=request.content_type or None
         )
 
     async def _run(self, request: web.Request, work: Callable[[], Awaitable[Upload]]) -> web.Response:
