@@ -33,7 +33,7 @@ from aiohttp import web
 
 from .parts import RECEIVING
 
-__all__ = ["CONNECTIONS", "READ_BUFSIZE", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+__all__ = ["READ_BUFSIZE", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
 
 # aiohttp's per-connection body buffer (``read_bufsize``): its StreamReader pauses the socket once it
 # holds twice this. aiohttp's default (256 KiB) lets every upload waiting for a part buffer keep up
@@ -79,9 +79,6 @@ class ConnectionStats:
     open: int = 0
     refused: int = 0
     header_timeouts: int = 0
-
-
-CONNECTIONS = web.AppKey("connections", ConnectionStats)
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """Read a recording off the request and stream it into a sink writer, part by part.
 
-Multipart bodies are read with aiohttp's ``MultipartReader``/``BodyPartReader.read_chunk`` and raw
-bodies with the request stream; never ``request.post()`` or ``part.read()``, which buffer whole
-fields (and ``post()`` spools files to disk). Every read is bounded by the read timeout, every
-byte is counted against the upload limit (``client_max_size`` does not bound ``read_chunk``),
-and the sha256 of the recording is computed in a worker thread, one whole part at a time, while
-the next part fills.
+Multipart bodies are read with ``formdata.FormReader``, which hands out views of the chunks the
+HTTP layer received, and raw bodies one received chunk at a time (``formdata.next_chunk``), so the
+copy into the part buffer is the only copy of a body byte on the event loop; never
+``request.post()``, which buffers whole fields and spools files to disk. Every read is bounded by
+the read timeout, every byte is counted against the upload limit (``client_max_size`` does not
+bound streamed reads), and the sha256 of the recording is computed in a worker thread, one whole
+part at a time, while the next part fills.
 
 Whatever goes wrong after a writer was opened, the writer is aborted before the error leaves
 this module: an upload ends in ``complete`` or ``abort``, never in between.
@@ -21,17 +22,17 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import structlog
-from aiohttp import BodyPartReader, MultipartReader
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .audio import AudioFacts
 from .audio.formats import Hints, Plan, stored_type, strip_audio_extension
 from .audio.stream import AudioPolicy, AudioStream, Outcome
 from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
+from .formdata import FormPart, FormReader
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
 from .lifecycle import mark_completing
 from .parts import BufferPool
-from .sinks import Sink, Stored, Writer
+from .sinks import Completion, ObjectSpec, Sink, Stored, Writer
 from .tags import sanitize_tag_key, sanitize_tag_value
 
 __all__ = [
@@ -139,6 +140,39 @@ def sanitize_metadata(fields: Mapping[str, str], budget: int = MAX_METADATA_BYTE
     return out
 
 
+@dataclass
+class _Form:
+    """What a multipart body has delivered so far; iterating it yields its parts, each within the read timeout.
+
+    A form may have ``MAX_PARTS`` parts: the part after them is still handed out (its own
+    refusal, if any, comes first) and the form is refused before anything further is read.
+    """
+
+    reader: FormReader
+    read_timeout: float
+    deadline: _Deadline | None
+    fields: dict[str, str] = field(default_factory=dict)
+    fields_bytes: int = 0  # names and values of the text fields, against MAX_FIELDS_BYTES
+    writer: Writer | None = None  # open from the file part's first bytes until complete or abort
+    outcome: Outcome | None = None
+    staged: bool = False  # the file came before its name: the sink stages it
+    part_name: str | None = None  # the file part's own ``filename=``
+    types: list[str] = field(default_factory=list)  # the stored content type, once the writer opened
+    parts: int = 0
+
+    def __aiter__(self) -> _Form:
+        return self
+
+    async def __anext__(self) -> FormPart:
+        if self.parts > MAX_PARTS:
+            raise BadRequest(f"the form has more than {MAX_PARTS} parts", code="too_many_parts")
+        part = await _timed(_malformed_guard(self.reader.next()), self.read_timeout, self.deadline)
+        if part is None:
+            raise StopAsyncIteration
+        self.parts += 1
+        return part
+
+
 class Ingest:
     """Turn one request body into one stored object (or a clean failure)."""
 
@@ -156,8 +190,6 @@ class Ingest:
         max_upload_seconds: float | None = None,
         audio: AudioPolicy | None = None,
         tag_fields: tuple[str, ...] = (),
-        manifest: bool = False,
-        manifest_sink: Sink | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -170,11 +202,6 @@ class Ingest:
         self.max_upload_seconds = max_upload_seconds
         self.audio = audio or AudioPolicy()
         self.tag_fields = tag_fields
-        self.manifest = manifest
-        # Manifests bypass the upload instrumentation: they are not recordings.
-        self.manifest_sink = manifest_sink if manifest_sink is not None else sink
-        self.manifest_failures = 0  # manifests not written although their recording was stored
-        self.on_manifest_failure: Callable[[], None] = lambda: None
 
     def key_for(self, filename: str | None, fields: Mapping[str, str], ext: str = "") -> str:
         """Return the full object key for this upload (prefix included), or raise a 400.
@@ -203,7 +230,7 @@ class Ingest:
 
     async def _stream(
         self,
-        read: Callable[[], Awaitable[bytes]],
+        read: Callable[[], Awaitable[bytes | memoryview]],
         deadline: _Deadline | None,
         hints: Hints,
         open_writer: Callable[[Plan], Awaitable[Writer]],
@@ -242,7 +269,7 @@ class Ingest:
         try:
             mark_completing()
             stored = await writer.complete(
-                key=key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields)
+                Completion(key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields))
             )
         except BaseException:
             await writer.abort()
@@ -266,7 +293,7 @@ class Ingest:
             key = self.key_for(name, fields, chosen.ext) if name is not None else None
             types.append(stored_type(chosen, declared))
             return await self.sink.open(
-                key, content_type=types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+                ObjectSpec(key, types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields))
             )
 
         return open_writer
@@ -282,7 +309,7 @@ class Ingest:
         writer, outcome = await self._stream(read, deadline, Hints(filename, content_type), opener)
         return await self._complete(writer, outcome, fields, types[0])
 
-    async def multipart(self, reader: MultipartReader) -> Upload:
+    async def multipart(self, reader: FormReader) -> Upload:
         """Store the file field of a multipart/form-data body, whatever the order of its fields.
 
         Text fields before the file become metadata and may feed the key template. If the file
@@ -290,80 +317,74 @@ class Ingest:
         no ``filename`` field at all, the file part's own ``filename=`` (without its extension)
         names the recording.
         """
-        fields: dict[str, str] = {}
-        writer: Writer | None = None
-        staged = False
-        outcome: Outcome | None = None
-        part_name: str | None = None
-        types: list[str] = []
-        fields_bytes = 0
-        deadline = self._deadline()
+        form = _Form(reader, self.read_timeout, self._deadline())
         try:
-            for _ in range(MAX_PARTS + 1):
-                part = await _timed(_malformed_guard(reader.next()), self.read_timeout, deadline)
-                if part is None:
-                    break
-                if not isinstance(part, BodyPartReader):
-                    raise BadRequest("nested multipart bodies are not accepted", code="malformed_body")
-                name = part.name
-                if name is None:
-                    raise BadRequest("a form part has no name", code="malformed_body")
-                if name == self.file_field:
-                    if writer is not None or outcome is not None:
-                        raise BadRequest(f"the file field {name!r} was sent twice", code="duplicate_field")
-                    declared = part.headers.get("Content-Type")
-                    self.check_type(declared)
-                    encoding = part.headers.get("Content-Transfer-Encoding", "").strip().lower()
-                    if encoding not in _IDENTITY_ENCODINGS or part.headers.get("Content-Encoding"):
-                        raise BadRequest(
-                            "encoded file parts are not accepted: send the bytes as they are", code="malformed_body"
-                        )
-                    part_name = part.filename
-                    known = fields.get("filename")
-                    if known is not None:
-                        self.key_for(known, fields, ".wav")  # fail before streaming
-                    else:
-                        # Fields the key template needs must come before the file: fail before streaming.
-                        missing = [f for f in self.template.fields if not fields.get(f)]
-                        if missing:
-                            raise BadRequest(
-                                f"the key template needs the text field {missing[0]!r} before the file",
-                                code="missing_field",
-                            )
-                        staged = True
-                    opener = self._opener(known, dict(fields), declared, types)
-                    writer, outcome = await self._stream(
-                        _chunk_reader(part), deadline, Hints(part_name, declared), opener
-                    )
-                elif part.filename is not None:
-                    raise BadRequest(
-                        f"unexpected file field {name!r} (the recording goes in {self.file_field!r})",
-                        code="unexpected_field",
-                    )
-                else:
-                    if name in fields:
-                        raise BadRequest(f"the field {name!r} was sent twice", code="duplicate_field")
-                    value = await self._text(part, name, deadline)
-                    fields_bytes += len(value) + len(name)
-                    if fields_bytes > MAX_FIELDS_BYTES:
-                        raise BadRequest(
-                            f"the text fields exceed {MAX_FIELDS_BYTES} bytes together", code="field_too_large"
-                        )
-                    fields[name] = value
-            else:
-                raise BadRequest(f"the form has more than {MAX_PARTS} parts", code="too_many_parts")
+            async for part in form:
+                await self._part(form, part)
+            writer, outcome = form.writer, form.outcome
             if writer is None or outcome is None or outcome.plan is None:
                 raise BadRequest(f"the file field {self.file_field!r} is missing", code="missing_field")
             key: str | None = None
-            if staged:
-                key = self.key_for(self._name(fields, part_name), fields, outcome.plan.ext)
+            if form.staged:
+                key = self.key_for(self._name(form.fields, form.part_name), form.fields, outcome.plan.ext)
         except BaseException:
-            if writer is not None:
-                await writer.abort()
+            if form.writer is not None:
+                await form.writer.abort()
             raise
-        if staged:
-            return await self._complete(writer, outcome, fields, types[0], key=key, metadata=sanitize_metadata(fields))
-        return await self._complete(writer, outcome, fields, types[0])
+        if form.staged:
+            metadata = sanitize_metadata(form.fields)
+            return await self._complete(writer, outcome, form.fields, form.types[0], key=key, metadata=metadata)
+        return await self._complete(writer, outcome, form.fields, form.types[0])
+
+    async def _part(self, form: _Form, part: FormPart) -> None:
+        """Dispatch one part: the recording, a text field, or a refusal."""
+        name = part.name
+        if name is None:
+            raise BadRequest("a form part has no name", code="malformed_body")
+        if name == self.file_field:
+            await self._file_part(form, part, name)
+        elif part.filename is not None:
+            raise BadRequest(
+                f"unexpected file field {name!r} (the recording goes in {self.file_field!r})", code="unexpected_field"
+            )
+        else:
+            await self._text_part(form, part, name)
+
+    async def _file_part(self, form: _Form, part: FormPart, name: str) -> None:
+        """Stream the recording into a writer; check everything that can fail before the first byte."""
+        if form.writer is not None or form.outcome is not None:
+            raise BadRequest(f"the file field {name!r} was sent twice", code="duplicate_field")
+        declared = part.headers.get("Content-Type")
+        self.check_type(declared)
+        encoding = part.headers.get("Content-Transfer-Encoding", "").strip().lower()
+        if encoding not in _IDENTITY_ENCODINGS or part.headers.get("Content-Encoding"):
+            raise BadRequest("encoded file parts are not accepted: send the bytes as they are", code="malformed_body")
+        form.part_name = part.filename
+        known = form.fields.get("filename")
+        if known is not None:
+            self.key_for(known, form.fields, ".wav")  # fail before streaming
+        else:
+            # Fields the key template needs must come before the file: fail before streaming.
+            missing = [f for f in self.template.fields if not form.fields.get(f)]
+            if missing:
+                raise BadRequest(
+                    f"the key template needs the text field {missing[0]!r} before the file", code="missing_field"
+                )
+            form.staged = True
+        opener = self._opener(known, dict(form.fields), declared, form.types)
+        form.writer, form.outcome = await self._stream(
+            _chunk_reader(part), form.deadline, Hints(form.part_name, declared), opener
+        )
+
+    async def _text_part(self, form: _Form, part: FormPart, name: str) -> None:
+        """Read one text field whole (it is small), counting it against the fields' budget."""
+        if name in form.fields:
+            raise BadRequest(f"the field {name!r} was sent twice", code="duplicate_field")
+        value = await self._text(part, name, form.deadline)
+        form.fields_bytes += len(value) + len(name)
+        if form.fields_bytes > MAX_FIELDS_BYTES:
+            raise BadRequest(f"the text fields exceed {MAX_FIELDS_BYTES} bytes together", code="field_too_large")
+        form.fields[name] = value
 
     @staticmethod
     def _name(fields: Mapping[str, str], part_name: str | None) -> str:
@@ -375,7 +396,7 @@ class Ingest:
             return check_filename(stem)
         raise BadRequest("the text field 'filename' is missing", code="missing_field")
 
-    async def _text(self, part: BodyPartReader, name: str, deadline: _Deadline | None = None) -> str:
+    async def _text(self, part: FormPart, name: str, deadline: _Deadline | None = None) -> str:
         data = bytearray()
         while chunk := await _timed(_malformed_guard(part.read_chunk(MAX_FIELD_BYTES)), self.read_timeout, deadline):
             data += chunk
@@ -389,8 +410,8 @@ class Ingest:
             raise BadRequest(f"the field {name!r} is not valid UTF-8", code="invalid_field") from None
 
 
-def _chunk_reader(part: BodyPartReader) -> Callable[[], Awaitable[bytes]]:
-    async def read() -> bytes:
+def _chunk_reader(part: FormPart) -> Callable[[], Awaitable[bytes | memoryview]]:
+    async def read() -> bytes | memoryview:
         return await _malformed_guard(part.read_chunk(READ_CHUNK))
 
     return read

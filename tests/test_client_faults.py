@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.app import POOL
+from streamproxy.appkeys import POOL
 from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
 from tests.helpers import form, multipart_body
 

@@ -97,7 +97,10 @@ class AudioStream:
         self.writer: Writer | None = None  # the caller completes or aborts it
         self.plan: Plan | None = None
         self.size = 0  # received bytes
-        self._sniff: bytearray | None = bytearray()
+        # The chunks received before classification, as they came (no copy): at most
+        # SNIFF_BYTES plus one read. None once the stream is classified.
+        self._sniff: list[bytes | memoryview] | None = []
+        self._sniffed = 0
         self._probe = WavProbe()
         self._received = hashlib.sha256()
         self._stored: _Hash | None = None  # output hash where it can run in order (transcode, no header)
@@ -112,8 +115,12 @@ class AudioStream:
 
     # -- intake ------------------------------------------------------------------------------
 
-    async def feed(self, chunk: bytes) -> None:
-        """Take the next received chunk; enforces the size limit and ``--require-audio``."""
+    async def feed(self, chunk: bytes | memoryview) -> None:
+        """Take the next received chunk; enforces the size limit and ``--require-audio``.
+
+        ``chunk`` may be a view of the HTTP layer's buffer: it is copied once, into a part buffer
+        (or read by the encoder), and kept only while the recording is not yet classified.
+        """
         limit = self._limit()
         if self.size + len(chunk) > limit:
             raise self._too_large(limit)
@@ -122,8 +129,9 @@ class AudioStream:
             self._probe.feed(chunk)
             self._check_wav()
         if self._sniff is not None:
-            self._sniff += chunk
-            if len(self._sniff) < SNIFF_BYTES:
+            self._sniff.append(chunk)
+            self._sniffed += len(chunk)
+            if self._sniffed < SNIFF_BYTES:
                 return
             await self._start(complete=False)
             return
@@ -151,8 +159,13 @@ class AudioStream:
             raise UnsupportedMediaType(f"the recording is not audio: {self._probe.reason}", code="not_audio")
 
     async def _start(self, *, complete: bool) -> None:
-        sniffed, self._sniff = bytes(self._sniff or b""), None
-        arrival = classify(sniffed[:SNIFF_BYTES], self._hints, raw_audio=self._policy.raw_audio, complete=complete)
+        chunks, self._sniff = self._sniff or [], None
+        head = bytearray()  # only the first SNIFF_BYTES are copied to classify them
+        for chunk in chunks:
+            if len(head) >= SNIFF_BYTES:
+                break
+            head += chunk[: SNIFF_BYTES - len(head)]
+        arrival = classify(bytes(head), self._hints, raw_audio=self._policy.raw_audio, complete=complete)
         if self._policy.require_audio and not arrival.is_audio:
             raise UnsupportedMediaType(f"the recording is not audio: {arrival.reason}", code="not_audio")
         chosen = plan(arrival, self._policy.store_format)
@@ -177,13 +190,14 @@ class AudioStream:
                 raise StorageFailed("this storage cannot put a header in front of a recording")
             writer.defer_head()
             self._hold = True
-        await self._process(sniffed)
+        for chunk in chunks:
+            await self._process(chunk)
 
     def _limit_for(self, chosen: Plan) -> int:
         # A RIFF size is 32 bits: the samples, the header and the pad byte must fit.
         return min(self._max_bytes, MAX_WAV_DATA - 1) if chosen.header == "g711" else self._max_bytes
 
-    async def _process(self, data: bytes) -> None:
+    async def _process(self, data: bytes | memoryview) -> None:
         if not data:
             return
         if self._encoder is not None:
@@ -223,7 +237,10 @@ class AudioStream:
             if buffer is None:
                 buffer = self._buffer = await self._take()
             take = min(len(buffer.data) - buffer.length, len(view))
-            buffer.data[buffer.length : buffer.length + take] = view[:take]
+            # Through a memoryview: ``bytearray[a:b] = view`` first copies a source that is not a
+            # bytearray into a temporary one (CPython's bytearray_ass_subscript), a second copy.
+            with memoryview(buffer.data) as target:
+                target[buffer.length : buffer.length + take] = view[:take]
             buffer.length += take
             view = view[take:]
 
