@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,14 +14,9 @@ from aiohttp.test_utils import TestClient
 from moto.server import ThreadedMotoServer
 
 from streamproxy.app import make_app
-from streamproxy.config import MIB, Settings, StorageURI
+from streamproxy.config import Settings
 from streamproxy.sinks import Sink
 from tests.s3_recorder import S3Recorder
-
-PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
-# Storage tests send opaque bytes and check them byte for byte: store them as they came, under
-# the old fixed extension. The audio tests (tests/test_audio_*.py) use streamproxy's own defaults.
-RAW_BYTES = {"raw_audio": "none", "key_template": "{filename}.wav"}
 
 
 @pytest.fixture(autouse=True)
@@ -81,56 +74,6 @@ async def recorder(aiohttp_server: Callable[..., Any], moto_endpoint: str) -> S3
     server = await aiohttp_server(proxy.app())
     proxy.endpoint = str(server.make_url("")).rstrip("/")
     return proxy
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating bytes (so a misplaced part changes the hash)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 512
-        counter += 1
-    return bytes(out[:size])
-
-
-def objects(s3: Any, bucket: str) -> dict[str, bytes]:
-    """Every object in the bucket with its bytes."""
-    listing = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
-    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing}
-
-
-def incomplete_uploads(s3: Any, bucket: str) -> list[str]:
-    """Keys of multipart uploads that were neither completed nor aborted."""
-    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-
-
-def s3_settings(moto_endpoint: str | None, bucket: str, prefix: str = "rec/", **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        storage=StorageURI.parse(f"s3://{bucket}/{prefix}"),
-        s3_endpoint_url=moto_endpoint,
-        part_size=PART,
-        max_buffer_bytes=8 * PART,
-        # moto has every feature AWS documents; the probe itself is tested in test_probe.py and tests/compat/
-        s3_capabilities="aws",
-        **RAW_BYTES,
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-def fs_settings(root: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        storage=StorageURI.parse(root.as_uri()), part_size=PART, max_buffer_bytes=8 * PART, **RAW_BYTES
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-ClientFactory = Callable[..., Any]
 
 
 @pytest.fixture

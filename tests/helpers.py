@@ -1,4 +1,4 @@
-"""Request builders shared by the HTTP tests, and the answers they expect."""
+"""Helpers shared by the tests: settings for each store, payloads, bucket inspection, request builders."""
 
 from __future__ import annotations
 
@@ -7,9 +7,69 @@ import base64
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from streamproxy.config import MIB, Settings, StorageURI
+
+PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
+# Storage tests send opaque bytes and check them byte for byte: store them as they came, under
+# the old fixed extension. The audio tests (tests/test_audio_*.py) use streamproxy's own defaults.
+RAW_BYTES = {"raw_audio": "none", "key_template": "{filename}.wav"}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating bytes (so a misplaced part changes the hash)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 512
+        counter += 1
+    return bytes(out[:size])
+
+
+def objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket with its bytes."""
+    listing = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing}
+
+
+def incomplete_uploads(s3: Any, bucket: str) -> list[str]:
+    """Keys of multipart uploads that were neither completed nor aborted."""
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def s3_settings(moto_endpoint: str | None, bucket: str, prefix: str = "rec/", **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        storage=StorageURI.parse(f"s3://{bucket}/{prefix}"),
+        s3_endpoint_url=moto_endpoint,
+        part_size=PART,
+        max_buffer_bytes=8 * PART,
+        # moto has every feature AWS documents; the probe itself is tested in test_probe.py and tests/compat/
+        s3_capabilities="aws",
+        **RAW_BYTES,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def fs_settings(root: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        storage=StorageURI.parse(root.as_uri()), part_size=PART, max_buffer_bytes=8 * PART, **RAW_BYTES
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+ClientFactory = Callable[..., Any]
+
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/0b7a-test"
 
 
 def form(
@@ -83,3 +143,32 @@ def md5_checksum(data: bytes, part_size: int) -> dict[str, str]:
         return {"algorithm": "md5", "type": "FULL_OBJECT", "value": value}
     joined = base64.b64encode(hashlib.md5(b"".join(hashlib.md5(p).digest() for p in pieces)).digest()).decode()
     return {"algorithm": "md5", "type": "COMPOSITE", "value": f"{joined}-{len(pieces)}"}
+
+
+def audio_settings(sink: str, moto_endpoint: str, bucket: str, tmp_path: Path, **overrides: Any) -> Any:
+    """Settings with streamproxy's own audio defaults (the shared helpers pin storage tests to raw bytes)."""
+    audio = {"raw_audio": "ulaw", "store_format": "wav", "key_template": "{filename}{ext}"}
+    audio.update(overrides)
+    if sink == "s3":
+        return s3_settings(moto_endpoint, bucket, **audio)
+    return fs_settings(tmp_path / "store", **audio)
+
+
+def stored(sink: str, s3: Any, bucket: str, tmp_path: Path, key: str) -> bytes:
+    if sink == "s3":
+        return objects(s3, bucket)[key]
+    return (tmp_path / "store" / key.removeprefix("rec/")).read_bytes()
+
+
+async def send(client: Any, route: str, raw: bytes, name: str = "call-7", part_name: str = "call-7.ul") -> Any:
+    if route == "form_name_first":
+        data = form([("filename", name), ("recording", raw)], content_type="application/octet-stream")
+        return await client.post("/recordings", data=data)
+    if route == "form_file_first":
+        data = form([("recording", raw), ("filename", name)], content_type="application/octet-stream")
+        return await client.post("/recordings", data=data)
+    if route == "put":
+        return await client.put(f"/recordings/{name}", data=chunks(raw), headers={"Content-Type": "audio/basic"})
+    return await client.post(
+        "/recordings", params={"filename": name}, data=chunks(raw), headers={"Content-Type": "application/octet-stream"}
+    )

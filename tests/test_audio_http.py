@@ -9,50 +9,31 @@ with the right duration.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streamproxy.wav import g711_header
 from tests.audio_tools import g711, soxi
-from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import chunks, form
+from tests.helpers import (
+    PART,
+    audio_settings,
+    chunks,
+    form,
+    incomplete_uploads,
+    objects,
+    payload,
+    s3_settings,
+    send,
+    sha256,
+    stored,
+)
 
 BIG = 8 * PART + 3  # 40 MiB and more: nine parts, odd length (the pad byte)
 
 
 def expected_wav(raw: bytes, law: str = "mulaw") -> bytes:
     return g711_header(law, len(raw)) + raw + (b"\0" if len(raw) & 1 else b"")
-
-
-def audio_settings(sink: str, moto_endpoint: str, bucket: str, tmp_path: Path, **overrides: Any) -> Any:
-    """Settings with streamproxy's own audio defaults (the shared helpers pin storage tests to raw bytes)."""
-    audio = {"raw_audio": "ulaw", "store_format": "wav", "key_template": "{filename}{ext}"}
-    audio.update(overrides)
-    if sink == "s3":
-        return s3_settings(moto_endpoint, bucket, **audio)
-    return fs_settings(tmp_path / "store", **audio)
-
-
-def stored(sink: str, s3: Any, bucket: str, tmp_path: Path, key: str) -> bytes:
-    if sink == "s3":
-        return objects(s3, bucket)[key]
-    return (tmp_path / "store" / key.removeprefix("rec/")).read_bytes()
-
-
-async def send(client: Any, route: str, raw: bytes, name: str = "call-7", part_name: str = "call-7.ul") -> Any:
-    if route == "form_name_first":
-        data = form([("filename", name), ("recording", raw)], content_type="application/octet-stream")
-        return await client.post("/recordings", data=data)
-    if route == "form_file_first":
-        data = form([("recording", raw), ("filename", name)], content_type="application/octet-stream")
-        return await client.post("/recordings", data=data)
-    if route == "put":
-        return await client.put(f"/recordings/{name}", data=chunks(raw), headers={"Content-Type": "audio/basic"})
-    return await client.post(
-        "/recordings", params={"filename": name}, data=chunks(raw), headers={"Content-Type": "application/octet-stream"}
-    )
 
 
 def check_answer(body: dict[str, Any], raw: bytes, wav: bytes) -> None:

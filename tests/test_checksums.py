@@ -9,8 +9,7 @@ import zlib
 import pytest
 from awscrt import checksums as crt
 
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import form
+from tests.helpers import PART, form, incomplete_uploads, objects, payload, s3_settings
 
 HEADERS = {
     "md5": "content-md5",

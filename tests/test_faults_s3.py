@@ -15,9 +15,8 @@ import pytest
 import structlog
 
 from streamproxy.sinks.s3 import S3Options, S3Sink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
 from tests.faults import FaultProxy
-from tests.helpers import form
+from tests.helpers import PART, form, incomplete_uploads, objects, payload, s3_settings, sha256
 
 SMALL = 1000  # one part: a single PutObject
 MULTI = PART + 7  # two parts: create, 2 x part, complete

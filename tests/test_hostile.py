@@ -17,8 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import form, multipart_body
+from tests.helpers import PART, form, incomplete_uploads, multipart_body, objects, payload, s3_settings
 from tests.live import LiveServer, live_servers
 
 FORM = "multipart/form-data; boundary=b0undary"

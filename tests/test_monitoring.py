@@ -31,8 +31,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PART, payload, s3_settings
 from tests.faults import FaultProxy
+from tests.helpers import PART, payload, s3_settings
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemoryOutbox, MemorySink
 from streamproxy.sinks.outbox import OutboxCapable, OutboxStore
 from streamproxy.wiring import build_sink
-from tests.conftest import s3_settings
+from tests.helpers import s3_settings
 from tests.receiver import Receiver
 
 SECRET = "whsec-0123456789abcdef-test"

@@ -26,7 +26,7 @@ from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.outbox import OUTBOX_DIR, OutboxCapable, OutboxStore
 from streamproxy.wiring import build_sink
-from tests.conftest import s3_settings
+from tests.helpers import s3_settings
 
 SECRET = "whsec-0123456789abcdef-test"
 DOC_URI = "urn:streamproxy:openapi"

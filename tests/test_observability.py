@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamproxy.app import make_app
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART, fs_settings, incomplete_uploads, payload, s3_settings, sha256
-from tests.helpers import chunks, form
+from tests.helpers import PART, chunks, form, fs_settings, incomplete_uploads, payload, s3_settings, sha256
 from tests.servers import streamproxy_server
 
 

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from streamproxy.sinks.s3.capabilities import CHECKSUM_MODES, Capabilities
 from streamproxy.sinks.s3.pin import AWS_DOCUMENTED, capabilities_from_json, capabilities_to_json, load_pin
 from streamproxy.sinks.s3.probe import PROBE_DIR, ProbeError, capability_rows, probe
-from tests.conftest import incomplete_uploads, objects
+from tests.helpers import incomplete_uploads, objects
 
 ALL = frozenset(CHECKSUM_MODES)
 

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from streamproxy.config import Settings, StorageURI
 from streamproxy.keys import MAX_KEY_BYTES
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import multipart_body
+from tests.helpers import PART, incomplete_uploads, multipart_body, objects, payload, s3_settings
 from tests.live import LiveServer, live_servers
 
 pytestmark = pytest.mark.filterwarnings(

@@ -9,7 +9,7 @@ import time
 from streamproxy.app import make_app
 from streamproxy.lifecycle import ADMISSION, Admission, Readiness
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import fs_settings, s3_settings
+from tests.helpers import fs_settings, s3_settings
 from tests.servers import free_port
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError, Settings
-from tests.conftest import PART, objects, payload, sha256
-from tests.helpers import form
+from tests.helpers import PART, form, objects, payload, sha256
 from tests.servers import config_error
 
 

@@ -11,11 +11,9 @@ import pytest
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError
 from streamproxy.tags import merge_tags, parse_tag, sanitize_tag_key, sanitize_tag_value
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import form
-from tests.test_wav_http import big_wav
+from tests.audio_tools import big_wav
+from tests.helpers import KMS_KEY, PART, form, incomplete_uploads, objects, payload, s3_settings
 
-KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/0b7a-test"
 PATHS = {
     "single_put": (100, "filename_first"),
     "multipart": (2 * PART + 7, "filename_first"),

@@ -18,8 +18,7 @@ from streamproxy.config import Settings
 from streamproxy.errors import ConfigError
 from streamproxy.sinks.s3 import STAGING_DIR
 from streamproxy.wiring import build_s3_sink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import form
+from tests.helpers import PART, form, incomplete_uploads, objects, payload, s3_settings, sha256
 from tests.s3_recorder import S3Recorder
 from tests.store_profiles import CAPABILITIES, IMITATIONS
 

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 
 from tests.audio_tools import g711
-from tests.conftest import PART, incomplete_uploads, objects, payload, sha256
-from tests.helpers import chunks, form
-from tests.test_audio_http import audio_settings, send, stored
+from tests.helpers import PART, audio_settings, chunks, form, incomplete_uploads, objects, payload, send, sha256, stored
 from tests.transcode_tools import probe, sox_make
 
 TOLERANCE = 0.050

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamproxy.sinks.fs import TEMP_PREFIX
-from tests.conftest import PART, fs_settings, payload, sha256
-from tests.helpers import chunks, form
+from tests.helpers import PART, chunks, form, fs_settings, payload, sha256
 
 
 def files(root: Path) -> dict[str, bytes]:

@@ -8,8 +8,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import chunks, form, md5_checksum, multipart_body
+from tests.helpers import (
+    PART,
+    chunks,
+    form,
+    incomplete_uploads,
+    md5_checksum,
+    multipart_body,
+    objects,
+    payload,
+    s3_settings,
+    sha256,
+)
 
 SIZES = [1, PART - 1, PART, PART + 1, 3 * PART + 17]
 

@@ -13,9 +13,8 @@ import pytest
 
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError
-from tests.conftest import PART, fs_settings, payload, s3_settings, sha256
-from tests.helpers import form
-from tests.test_wav import wave_file
+from tests.audio_tools import wave_file
+from tests.helpers import PART, form, fs_settings, payload, s3_settings, sha256
 
 
 async def test_presigned_link_opens_with_curl(client_for, moto_endpoint, bucket) -> None:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import chunks, form
-from tests.test_wav import sox_file, wave_file
-
-
-def big_wav(size: int) -> bytes:
-    """A streamed-style 8 kHz mono mu-law WAV of ``size`` bytes whose header sizes say 0xFFFFFFFF."""
-    fmt = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
-    header = b"RIFF\xff\xff\xff\xffWAVEfmt " + struct.pack("<I", 16) + fmt + b"data\xff\xff\xff\xff"
-    return header + payload(size - len(header))
+from tests.audio_tools import big_wav, sox_file, wave_file
+from tests.helpers import PART, chunks, form, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
 
 
 def stored_audio(s3: Any, bucket: str, key: str) -> str:
