@@ -85,7 +85,7 @@ async def test_manifest_gets_the_recordings_encryption_retention_and_tags(
 ) -> None:
     """The manifest's PutObject carries the same SSE, storage class, Object Lock and tags as the recording."""
     settings = s3_settings(
-        recorder.endpoint,
+        recorder.url,
         locked_bucket,
         manifest=True,
         sse="aws:kms",

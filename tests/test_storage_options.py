@@ -38,7 +38,7 @@ async def test_every_option_reaches_s3_on_every_path(client_for, recorder, locke
     """SSE-KMS, storage class, retention, legal hold and tags on the write that creates the object."""
     size, order = PATHS[path]
     settings = s3_settings(
-        recorder.endpoint,
+        recorder.url,
         locked_bucket,
         sse="aws:kms",
         sse_kms_key_id=KMS_KEY,
@@ -93,7 +93,7 @@ async def test_every_option_reaches_s3_on_every_path(client_for, recorder, locke
 
 async def test_tag_field_values_are_sanitized_and_late_fields_count(client_for, recorder, bucket, s3) -> None:
     """A field value with characters S3 refuses is cleaned; a field sent after the file still becomes a tag."""
-    client = await client_for(s3_settings(recorder.endpoint, bucket, tag_fields=("call_id", "agent")))
+    client = await client_for(s3_settings(recorder.url, bucket, tag_fields=("call_id", "agent")))
     data = payload(2 * PART + 1)
     fields: list[tuple[str, str | bytes]] = [
         ("filename", "t-1"),
