@@ -16,7 +16,8 @@ from moto.server import ThreadedMotoServer
 from streamproxy.app import make_app
 from streamproxy.config import Settings
 from streamproxy.sinks import Sink
-from tests.s3_recorder import S3Recorder
+from tests.helpers import TrackedMemorySink
+from tests.s3_proxy import S3Proxy
 
 
 @pytest.fixture(autouse=True)
@@ -68,12 +69,16 @@ def locked_bucket(s3: Any) -> str:
 
 
 @pytest.fixture
-async def recorder(aiohttp_server: Callable[..., Any], moto_endpoint: str) -> S3Recorder:
-    """A recording proxy in front of moto; point the sink's endpoint at ``recorder.endpoint``."""
-    proxy = S3Recorder(moto_endpoint)
-    server = await aiohttp_server(proxy.app())
-    proxy.endpoint = str(server.make_url("")).rstrip("/")
-    return proxy
+def memory_sink() -> TrackedMemorySink:
+    """An in-memory sink for storage-neutral HTTP cases (pass it to ``client_for``)."""
+    return TrackedMemorySink()
+
+
+@pytest.fixture
+async def recorder(moto_endpoint: str) -> AsyncIterator[S3Proxy]:
+    """The S3 proxy in front of moto, to assert on requests; point the sink's endpoint at ``recorder.url``."""
+    async with S3Proxy(moto_endpoint) as proxy:
+        yield proxy
 
 
 @pytest.fixture

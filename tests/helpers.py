@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from streamproxy.config import MIB, Settings, StorageURI
+from streamproxy.sinks.memory import MemorySink, MemoryWriter
 
 PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
 # Storage tests send opaque bytes and check them byte for byte: store them as they came, under
@@ -72,6 +73,27 @@ ClientFactory = Callable[..., Any]
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/0b7a-test"
 
 
+class TrackedMemorySink(MemorySink):
+    """A ``MemorySink`` that counts the uploads it opened, so a test can check that every one ended.
+
+    For the storage-neutral HTTP cases (validation, limits, auth): what they assert does not depend on
+    S3, and an in-memory sink answers them without moto. S3-specific cleanup (multipart uploads left
+    open, staged copies) stays tested against moto.
+    """
+
+    opened = 0
+
+    async def open(self, *args: Any, **kwargs: Any) -> MemoryWriter:
+        self.opened += 1
+        return await super().open(*args, **kwargs)
+
+
+def nothing_left(sink: TrackedMemorySink) -> None:
+    """Nothing was stored, and every upload the sink opened was aborted (none left half-written)."""
+    assert sink.objects == {}
+    assert sink.aborted == sink.opened
+
+
 def form(
     fields: Sequence[tuple[str, str | bytes]], *, file_field: str = "recording", content_type: str = "audio/wav"
 ) -> aiohttp.FormData:
@@ -83,6 +105,17 @@ def form(
         else:
             data.add_field(name, value)
     return data
+
+
+async def upload_form(client: Any, name: str, data: bytes, order: str = "filename_first") -> dict[str, Any]:
+    """POST ``filename`` and ``recording`` in ``order`` (``file_first`` reverses them); assert 200, answer."""
+    fields: list[tuple[str, str | bytes]] = [("filename", name), ("recording", data)]
+    if order == "file_first":
+        fields.reverse()
+    resp = await client.post("/recordings", data=form(fields))
+    body: dict[str, Any] = await resp.json()
+    assert resp.status == 200, body
+    return body
 
 
 async def chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
