@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,7 +17,11 @@ from moto.server import ThreadedMotoServer
 from streamproxy.app import make_app
 from streamproxy.config import Settings
 from streamproxy.sinks import Sink
-from tests.helpers import TrackedMemorySink
+from streamproxy.sinks.fs import FileSink
+from streamproxy.sinks.memory import MemorySink
+from streamproxy.sinks.outbox import OutboxCapable, OutboxStore
+from streamproxy.wiring import build_sink
+from tests.helpers import TrackedMemorySink, s3_settings
 from tests.s3_proxy import S3Proxy
 
 
@@ -72,6 +77,21 @@ def locked_bucket(s3: Any) -> str:
 def memory_sink() -> TrackedMemorySink:
     """An in-memory sink for storage-neutral HTTP cases (pass it to ``client_for``)."""
     return TrackedMemorySink()
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+async def outbox_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxStore]:
+    """The notification outbox of a started sink, in each kind of storage (several notifiers may share it)."""
+    sink: Sink
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket")
+        sink = build_sink(s3_settings(request.getfixturevalue("moto_endpoint"), bucket))
+    else:
+        sink = FileSink(tmp_path) if request.param == "file" else MemorySink()
+    await sink.start()
+    assert isinstance(sink, OutboxCapable)
+    yield sink.outbox_store()
+    await sink.close()
 
 
 @pytest.fixture
