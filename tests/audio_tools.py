@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import struct
 import subprocess
 import wave
 from pathlib import Path
 
-import pytest
-
 from streamproxy.audio import AudioFacts
 from streamproxy.audio.formats import Arrival
-from tests.helpers import payload
+from tests.helpers import payload, required
 
 
 def tool(name: str) -> str:
     """Path of an external program; a missing one fails under CI (it must be installed) and skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed (apt-get install sox)")
-    return path
+    return required(shutil.which(name), f"{name} is required (apt-get install sox; .ci/run installs it)")
 
 
 def g711(tmp_path: Path, seconds: float, law: str = "mu-law", name: str = "x.raw") -> bytes:

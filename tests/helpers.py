@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from streamproxy.config import MIB, Settings, StorageURI
 from streamproxy.sinks.memory import MemorySink, MemoryWriter
@@ -94,6 +96,26 @@ def nothing_left(sink: TrackedMemorySink) -> None:
     assert sink.aborted == sink.opened
 
 
+# Key templates of every kind (plain, prefixed, dated, per field, unique), for the key property tests.
+KEY_TEMPLATES = [
+    "{filename}",
+    "{filename}.wav",
+    "calls/{filename}",
+    "{date:%Y/%m}/{filename}",
+    "{field:id}/{filename}.wav",
+    "{field:id}-{uuid}",
+]
+
+
+def required(path: str | None, message: str) -> str:
+    """The path of an external program; missing, it fails the test under CI (which installs it) and skips elsewhere."""
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def form(
     fields: Sequence[tuple[str, str | bytes]], *, file_field: str = "recording", content_type: str = "audio/wav"
 ) -> aiohttp.FormData:
@@ -113,6 +135,14 @@ async def upload_form(client: Any, name: str, data: bytes, order: str = "filenam
     if order == "file_first":
         fields.reverse()
     resp = await client.post("/recordings", data=form(fields))
+    body: dict[str, Any] = await resp.json()
+    assert resp.status == 200, body
+    return body
+
+
+async def put_audio(client: Any, name: str, raw: bytes) -> dict[str, Any]:
+    """PUT ``raw`` as chunked ``audio/basic`` to ``/recordings/<name>``; assert 200, return the answer."""
+    resp = await client.put(f"/recordings/{name}", data=chunks(raw), headers={"Content-Type": "audio/basic"})
     body: dict[str, Any] = await resp.json()
     assert resp.status == 200, body
     return body
