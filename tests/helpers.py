@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,17 @@ def required(path: str | None, message: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def queue_and_topic(sqs: Any, sns: Any, prefix: str) -> tuple[str, str, str]:
+    """A fresh SQS queue, and an SNS topic fanned out to a second queue: (queue, fanout queue, topic) URLs/ARN."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    fanout = sqs.create_queue(QueueName=f"{name}-fanout")["QueueUrl"]
+    fanout_arn = sqs.get_queue_attributes(QueueUrl=fanout, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=fanout_arn)
+    return queue, fanout, topic
 
 
 def form(
