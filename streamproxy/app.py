@@ -1,4 +1,9 @@
-"""make_app(settings, sink): routes, middlewares, typed app keys, and the sink's lifetime."""
+"""make_app(settings, sink): the upload routes, the probes, the middlewares, and the sinks' lifetime.
+
+The default upload route (flags and ``STREAMPROXY_*``, at ``routes.DEFAULT_PATH``) is the first
+``UploadRoute``; every ``[[route]]`` of ``--config`` follows with its own settings. The app keys
+are in appkeys.py.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +13,27 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .appkeys import ADMISSION, CONNECTIONS, METRICS, NOTIFY, POOL, READINESS, SINK, UPLOAD_ROUTES
 from .audio import TRANSCODED_FORMATS, load_encoders
 from .audio.stream import AudioPolicy
-from .auth import GUARDS, Guard, Guards
+from .auth import Guard
 from .config import Settings
-from .connections import CONNECTIONS, ConnectionStats
+from .connections import ConnectionStats
 from .errors import ConfigError
-from .handlers import (
-    INGEST,
-    ROUTE_INGESTS,
-    ROUTE_NOTIFIERS,
-    RouteIngests,
-    RouteNotifiers,
-    error_middleware,
-    expect_handler,
-    guard_middleware,
-    health,
-    post_recording,
-    put_recording,
-)
+from .handlers import UploadRoute, UploadRoutes, error_middleware, guard_middleware, health
 from .ingest import Ingest
-from .lifecycle import ADMISSION, NOTIFY, READINESS, Admission, Readiness, readyz
-from .metrics import METRICS, InstrumentedSink, Metrics, metrics_endpoint
+from .lifecycle import Admission, Readiness, readyz
+from .manifest import Manifests
+from .metrics import InstrumentedSink, Metrics, metrics_endpoint
 from .notify.metrics import NotifyCollector
 from .notify.service import NotifyHub
 from .openapi import serve_openapi
 from .parts import BufferPool
-from .routes import route_settings
-from .sinks import Sink
+from .routes import DEFAULT_PATH, route_settings
+from .sinks import Observable, Sink
 from .wiring import build_notify_hub, build_sink
 
-__all__ = ["POOL", "SINK", "make_app"]
-
-SINK = web.AppKey("sink", Sink)
-POOL = web.AppKey("pool", BufferPool)
+__all__ = ["make_app"]
 
 
 def make_app(
@@ -61,8 +53,6 @@ def make_app(
         buffer_in_use=lambda: pool.bytes_in_use,
         buffer_capacity=pool.capacity * pool.part_size,
     )
-    if hasattr(sink, "observe"):  # the S3 sink reports every call it makes
-        sink.observe = metrics.observe_s3
     app[SINK] = sink
     app[POOL] = pool
     app[ADMISSION] = admission
@@ -70,36 +60,25 @@ def make_app(
     app[CONNECTIONS] = ConnectionStats()
     metrics.track_connections(app[CONNECTIONS], settings.max_connections)
     app[READINESS] = Readiness(sink, admission, metrics)
-    app[INGEST] = _ingest(settings, sink, pool, metrics)
-    app[GUARDS] = Guards()
-    sinks = [sink]
-    app[ROUTE_INGESTS] = RouteIngests()
-    routes = [(route, route_settings(settings, route)) for route in settings.routes]
-    hub = build_notify_hub(settings, tuple(own for _, own in routes))
+    # The default route first, then each [[route]] with its own settings and its own sink.
+    routes = [(DEFAULT_PATH, settings, sink)]
+    for route in settings.routes:
+        own = route_settings(settings, route)
+        routes.append((route.path, own, build_sink(own)))
+    hub = build_notify_hub(settings, tuple(own for _, own, _ in routes[1:]))
     if hub is not None:
         app[NOTIFY] = hub
-        app[ROUTE_NOTIFIERS] = RouteNotifiers()
         metrics.registry.register(NotifyCollector(hub.stats))
-        _notify_route(hub, app[ROUTE_NOTIFIERS], app[INGEST], sink, settings)
-    for route, own in routes:
-        route_sink = build_sink(own)
-        if hasattr(route_sink, "observe"):
+    app[UPLOAD_ROUTES] = UploadRoutes()
+    for path, own, route_sink in routes:
+        if isinstance(route_sink, Observable):  # the S3 sink reports every call it makes
             route_sink.observe = metrics.observe_s3
-        sinks.append(route_sink)
-        ingest = _ingest(own, route_sink, pool, metrics)
-        if hub is not None:
-            _notify_route(hub, app[ROUTE_NOTIFIERS], ingest, route_sink, own)
-        route_guard = Guard.from_settings(own)  # its own tokens only: no other route's token opens it
-        for added in (
-            app.router.add_post(route.path, post_recording, expect_handler=expect_handler),
-            app.router.add_put(route.path + "/{filename}", put_recording, expect_handler=expect_handler),
-        ):
-            app[ROUTE_INGESTS].add(added, ingest)
-            app[GUARDS].protect(added, route_guard)
+        upload_route = _upload_route(path, own, route_sink, pool=pool, metrics=metrics, hub=hub)
+        app[UPLOAD_ROUTES].add(app, upload_route)
 
     async def sink_lifetime(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            for each in sinks:
+            for _, _, each in routes:
                 await each.start()
                 stack.push_async_callback(each.close)
             if hub is not None:
@@ -108,12 +87,6 @@ def make_app(
             yield
 
     app.cleanup_ctx.append(sink_lifetime)
-    guard = Guard.from_settings(settings)
-    for default in (
-        app.router.add_post("/recordings", post_recording, expect_handler=expect_handler),
-        app.router.add_put("/recordings/{filename}", put_recording, expect_handler=expect_handler),
-    ):
-        app[GUARDS].protect(default, guard)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -121,8 +94,10 @@ def make_app(
     return app
 
 
-def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) -> Ingest:
-    """Build the ingest of one upload route; the buffer budget and the metrics are shared by all routes."""
+def _upload_route(
+    path: str, settings: Settings, sink: Sink, *, pool: BufferPool, metrics: Metrics, hub: NotifyHub | None
+) -> UploadRoute:
+    """Build one upload route; the buffer budget, the metrics and the notification hub are shared by all."""
     ingest = Ingest(
         InstrumentedSink(sink, metrics),
         pool,
@@ -141,18 +116,19 @@ def _ingest(settings: Settings, sink: Sink, pool: BufferPool, metrics: Metrics) 
             encoders=load_encoders() if settings.store_format in TRANSCODED_FORMATS else None,
         ),
         tag_fields=settings.tag_fields,
-        manifest=settings.manifest,
-        manifest_sink=sink,
     )
-    ingest.on_manifest_failure = metrics.manifest_failures.inc
-    return ingest
-
-
-def _notify_route(hub: NotifyHub, notifiers: RouteNotifiers, ingest: Ingest, sink: Sink, settings: Settings) -> None:
-    """Send ``recording.stored`` events for the route that ``ingest`` serves, through its sink's outbox."""
-    if not settings.notify_targets:
-        return
-    notifier = hub.notifier_for(sink)
-    if notifier is None:
-        raise ConfigError(f"--notify-*: {sink.description} cannot hold a notification outbox")
-    notifiers.add(ingest, notifier, settings.notify_targets)
+    # Manifests go through the bare sink: they are not recordings, so they must not count as uploads.
+    manifests = Manifests(sink, pool, metrics.manifest_failures.inc) if settings.manifest else None
+    notifier = None
+    if hub is not None and settings.notify_targets:
+        notifier = hub.notifier_for(sink)  # events go through the outbox of the route's own sink
+        if notifier is None:
+            raise ConfigError(f"--notify-*: {sink.description} cannot hold a notification outbox")
+    return UploadRoute(
+        path,
+        ingest,
+        Guard.from_settings(settings),  # its own tokens only: no other route's token opens it
+        manifests,
+        notifier,
+        settings.notify_targets if notifier is not None else (),
+    )

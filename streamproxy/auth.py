@@ -2,10 +2,10 @@
 
 A ``Guard`` belongs to a route, not to the process: the default upload routes get one built from
 the flags (``Guard.from_settings``), and every further upload route may carry its own tokens.
-``handlers.guard_middleware`` and the ``Expect: 100-continue`` handler look the guard up by the
-matched route and decide from the headers alone, before a byte of the body is read. Routes without a guard
-(``/healthz`` and the other probes) stay open: they reveal nothing and must answer load balancers
-and orchestrators from addresses the upload rules do not list.
+Each ``handlers.UploadRoute`` holds its guard; ``handlers.guard_middleware`` and the route's
+``Expect: 100-continue`` handler apply it and decide from the headers alone, before a byte of the
+body is read. Routes without a guard (``/healthz`` and the other probes) stay open: they reveal
+nothing and must answer load balancers and orchestrators from addresses the upload rules do not list.
 
 Tokens are compared in constant time: each presented token is hashed and compared with
 ``hmac.compare_digest`` against the hash of every configured token, without stopping at the first
@@ -23,21 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import AbstractRoute
 
 from .config import Settings
 from .errors import Forbidden, Unauthorized
 from .redact import remember_secret
 
-__all__ = [
-    "CHALLENGES",
-    "GUARDS",
-    "Authenticator",
-    "ClientFilter",
-    "Guard",
-    "Guards",
-    "check_request",
-]
+__all__ = ["CHALLENGES", "Authenticator", "ClientFilter", "Guard"]
 
 REALM = "streamproxy"
 CHALLENGES = (f'Bearer realm="{REALM}"', f'Basic realm="{REALM}", charset="UTF-8"')
@@ -192,40 +183,9 @@ class Guard:
         self.clients.check(request.remote, request.headers.getall("X-Forwarded-For", []))
         self.authenticator.check(request.headers.get("Authorization"), request.query)
 
-
-class Guards:
-    """The guard of each protected route; routes without one are open."""
-
-    def __init__(self) -> None:
-        self._by_route: dict[AbstractRoute, Guard] = {}
-
-    def protect(self, route: AbstractRoute, guard: Guard) -> None:
-        """Put ``route`` behind ``guard``."""
-        self._by_route[route] = guard
-
-    def guard_for(self, route: AbstractRoute) -> Guard | None:
-        """Return the guard of ``route``, if it has one."""
-        return self._by_route.get(route)
-
-
-GUARDS = web.AppKey("guards", Guards)
-
-
-def client_address(request: web.Request) -> str | None:
-    """Return the client's address as the route's trusted proxies report it (else the TCP peer)."""
-    guards = request.app.get(GUARDS)
-    guard = guards.guard_for(request.match_info.route) if guards is not None else None
-    if guard is None or not guard.clients.trusted:
-        return request.remote
-    address = guard.clients.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
-    return str(address) if address is not None else request.remote
-
-
-def check_request(request: web.Request) -> None:
-    """Apply the matched route's guard, if any (raises 403 or 401)."""
-    guards = request.app.get(GUARDS)
-    if guards is None:
-        return
-    guard = guards.guard_for(request.match_info.route)
-    if guard is not None:
-        guard.check(request)
+    def client_address(self, request: web.BaseRequest) -> str | None:
+        """Return the client's address as the route's trusted proxies report it (else the TCP peer)."""
+        if not self.clients.trusted:
+            return request.remote
+        address = self.clients.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
+        return str(address) if address is not None else request.remote

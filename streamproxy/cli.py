@@ -7,43 +7,11 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from . import __version__
-from .audio import DEFAULT_RAW_AUDIO, DEFAULT_STORE_FORMAT
-from .config import (
-    DEFAULT_ACCEPT_TYPES,
-    DEFAULT_CHECKSUM,
-    DEFAULT_FILE_FIELD,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_HOST,
-    DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_KEY_TEMPLATE,
-    DEFAULT_MAX_BUFFER_BYTES,
-    DEFAULT_MAX_CONCURRENT_UPLOADS,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_UPLOAD_BYTES,
-    DEFAULT_MAX_UPLOAD_SECONDS,
-    DEFAULT_NOTIFY_BACKOFF,
-    DEFAULT_NOTIFY_BACKOFF_MAX,
-    DEFAULT_NOTIFY_MAX_AGE,
-    DEFAULT_NOTIFY_TIMEOUT,
-    DEFAULT_PART_CONCURRENCY,
-    DEFAULT_PART_SIZE,
-    DEFAULT_PORT,
-    DEFAULT_PRESIGN_EXPIRES,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_S3_MAX_ATTEMPTS,
-    DEFAULT_S3_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STORAGE,
-    ConfigError,
-    Settings,
-    StorageURI,
-    parse_bitrate,
-    parse_duration,
-    parse_size,
-)
+from .config import DEFAULT_ACCEPT_TYPES, ConfigError, Settings, StorageURI, parse_bitrate, parse_duration, parse_size
 from .errors import StorageError
 from .log import configure_logging
 from .routes import load_routes, resolve_routes
@@ -81,40 +49,90 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
-class _Options:
-    """Adds flags whose defaults come from ``STREAMPROXY_<FLAG>``, converting both the same way."""
+_FROM_SETTINGS: Any = object()  # a flag's default is its Settings field's
 
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
+
+def _settings_default(dest: str) -> Any:
+    # Called as the parser is built, not at import: the default storage resolves against the working directory.
+    field = next(f for f in fields(Settings) if f.name == dest)
+    return field.default if field.default is not MISSING else field.default_factory()  # type: ignore[operator]  # MISSING excluded
+
+
+@dataclass(frozen=True)
+class _Flag:
+    """A flag whose value, else ``STREAMPROXY_<FLAG>``, goes through ``convert``; else the default.
+
+    The default is the ``Settings`` field's (named ``dest``), unless ``default`` is given.
+    """
+
+    flag: str
+    convert: Callable[[str], Any]
+    help: str
+    dest: str = ""
+    default: Any = _FROM_SETTINGS
+
+
+@dataclass(frozen=True)
+class _Repeated:
+    """A repeatable flag; each value, and its environment variable (``env``), may be a comma-separated list.
+
+    Values given on the command line replace the variable's list instead of adding to it.
+    """
+
+    flag: str
+    help: str
+    dest: str = ""
+    env: str = ""
+
+
+def _dest(flag: str, dest: str) -> str:
+    return dest or flag.lstrip("-").replace("-", "_")
+
+
+class _Options:
+    """Adds the flags of one command, with defaults from ``STREAMPROXY_<FLAG>``, converting both the same way."""
+
+    def __init__(self, parser: argparse.ArgumentParser, *tables: tuple[_Flag | _Repeated, ...]) -> None:
         self.parser = parser
         self.converters: dict[str, tuple[str, Callable[[str], Any]]] = {}
         self.lists: dict[str, tuple[str, str]] = {}
+        for table in tables:
+            for option in table:
+                if isinstance(option, _Flag):
+                    self._add(option)
+                else:
+                    self._add_list(option)
 
-    def add(
-        self, flag: str, convert: Callable[[str], Any], default: Any, help: str, *, dest: str | None = None
-    ) -> None:
-        dest = dest or flag.lstrip("-").replace("-", "_")
+    def _add(self, option: _Flag) -> None:
+        flag, convert, dest = option.flag, option.convert, _dest(option.flag, option.dest)
+        default = _settings_default(dest) if option.default is _FROM_SETTINGS else option.default
         env = _env_name(flag)
         self.converters[dest] = (flag, convert)
         if convert is _flag_bool:
             self.parser.add_argument(
-                flag, dest=dest, action="store_const", const="true", default=None, help=f"{help} (env {env})"
+                flag, dest=dest, action="store_const", const="true", default=None, help=f"{option.help} (env {env})"
             )
         else:
             self.parser.add_argument(
-                flag, dest=dest, default=None, metavar=dest.upper(), help=f"{help} (default {default}; env {env})"
+                flag,
+                dest=dest,
+                default=None,
+                metavar=dest.upper(),
+                help=f"{option.help} (default {default}; env {env})",
             )
         self.parser.set_defaults(**{f"_default_{dest}": default})
 
-    def add_list(self, flag: str, help: str, *, env: str | None = None, dest: str | None = None) -> None:
-        """Add a repeatable flag; each value, and its environment variable (``env``), may be a comma-separated list.
-
-        Values given on the command line replace the variable's list instead of adding to it.
-        """
-        dest = dest or flag.lstrip("-").replace("-", "_")
-        env = env or _env_name(flag)
-        self.lists[dest] = (flag, env)
+    def _add_list(self, option: _Repeated) -> None:
+        dest = _dest(option.flag, option.dest)
+        env = option.env or _env_name(option.flag)
+        self.lists[dest] = (option.flag, env)
         self.parser.add_argument(
-            flag, dest=dest, action="append", default=None, metavar=dest.upper(), help=f"{help} (repeatable; env {env})"
+            option.flag,
+            dest=dest,
+            action="append",
+            default=None,
+            metavar=dest.upper(),
+            help=f"{option.help} (repeatable; env {env})",
         )
 
     def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
@@ -141,205 +159,158 @@ class _Options:
         return values
 
 
-def _storage_options(options: _Options) -> None:
-    options.add(
-        "--storage",
-        StorageURI.parse,
-        StorageURI.parse(DEFAULT_STORAGE),
-        "where recordings go: s3://bucket/prefix/ or file:///directory",
-    )
-    options.add("--s3-endpoint-url", str, None, "S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)")
-    options.add("--s3-region", str, None, "S3 region (default: the AWS configuration)")
-    options.add(
-        "--s3-max-attempts",
-        int,
-        DEFAULT_S3_MAX_ATTEMPTS,
-        "tries per S3 call (retries back off on throttling, 5xx and connection errors)",
-    )
-    options.add(
+# The flags of each command, in the order --help lists them. A flag's default is its Settings field's.
+_Table = tuple[_Flag | _Repeated, ...]
+_LISTEN: _Table = (_Flag("--host", str, "address to listen on"), _Flag("--port", int, "port to listen on"))
+_STORAGE: _Table = (
+    _Flag("--storage", StorageURI.parse, "where recordings go: s3://bucket/prefix/ or file:///directory"),
+    _Flag("--s3-endpoint-url", str, "S3-compatible endpoint (also AWS_ENDPOINT_URL_S3)"),
+    _Flag("--s3-region", str, "S3 region (default: the AWS configuration)"),
+    _Flag("--s3-max-attempts", int, "tries per S3 call (retries back off on throttling, 5xx and connection errors)"),
+    _Flag(
         "--s3-timeout",
         parse_duration,
-        DEFAULT_S3_TIMEOUT,
         "seconds one S3 request attempt may go without progress before it is retried or fails",
-    )
-    options.add("--part-size", parse_size, DEFAULT_PART_SIZE, "bytes per multipart part, at least 5MiB")
-    options.add("--part-concurrency", int, DEFAULT_PART_CONCURRENCY, "parts of one upload sent at once")
-    options.add(
-        "--max-buffer-bytes",
-        parse_size,
-        DEFAULT_MAX_BUFFER_BYTES,
-        "memory all uploads together may hold; reading pauses beyond it",
-    )
-    options.add("--max-upload-bytes", parse_size, DEFAULT_MAX_UPLOAD_BYTES, "largest recording accepted")
-    options.add("--key-template", str, DEFAULT_KEY_TEMPLATE, "object key below the prefix")
-    options.add("--overwrite", _flag_bool, False, "replace an existing object instead of answering 409")
-    options.add(
+    ),
+    _Flag("--part-size", parse_size, "bytes per multipart part, at least 5MiB"),
+    _Flag("--part-concurrency", int, "parts of one upload sent at once"),
+    _Flag("--max-buffer-bytes", parse_size, "memory all uploads together may hold; reading pauses beyond it"),
+    _Flag("--max-upload-bytes", parse_size, "largest recording accepted"),
+    _Flag("--key-template", str, "object key below the prefix"),
+    _Flag("--overwrite", _flag_bool, "replace an existing object instead of answering 409"),
+    _Flag(
         "--checksum",
         str,
-        DEFAULT_CHECKSUM,
         "integrity value S3 verifies: auto (full-object CRC64NVME on AWS, else the strongest the store verifies), "
         "md5, crc32, crc32c, crc64nvme, sha256 or none",
-    )
-    options.add(
+    ),
+    _Flag(
         "--require-conditional-writes",
         _flag_bool,
-        False,
         "refuse to start unless the store itself refuses to replace an existing recording",
-    )
-    options.add("--sse", str, None, "server-side encryption: AES256 or aws:kms")
-    options.add("--sse-kms-key-id", str, None, "KMS key for --sse aws:kms (default: the account's aws/s3 key)")
-    options.add("--storage-class", str, None, "S3 storage class of recordings (default: the bucket's)")
-    options.add("--object-lock-mode", str, None, "Object Lock retention: GOVERNANCE or COMPLIANCE")
-    options.add("--object-lock-days", int, None, "days each recording is retained under --object-lock-mode")
-    options.add("--object-lock-legal-hold", _flag_bool, False, "put a legal hold on every recording")
-    options.add_list("--tag", "object tag KEY=VALUE", dest="tags")
-    options.add_list("--tag-field", "text field whose value becomes a tag", dest="tag_fields")
-    options.add("--config", load_routes, (), "TOML file of [[route]] tables: more upload paths", dest="routes")
-    options.add("--manifest", _flag_bool, False, "write <key>.json with the upload's facts beside each recording")
-    options.add("--url-mode", str, "object", "url in the answer: object, presigned (SigV4 GET link) or s3uri")
-    options.add("--presign-expires", _seconds, DEFAULT_PRESIGN_EXPIRES, "lifetime of presigned links (at most 7d)")
-    options.add("--s3-ca-bundle", str, None, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)")
-    options.add(
+    ),
+    _Flag("--sse", str, "server-side encryption: AES256 or aws:kms"),
+    _Flag("--sse-kms-key-id", str, "KMS key for --sse aws:kms (default: the account's aws/s3 key)"),
+    _Flag("--storage-class", str, "S3 storage class of recordings (default: the bucket's)"),
+    _Flag("--object-lock-mode", str, "Object Lock retention: GOVERNANCE or COMPLIANCE"),
+    _Flag("--object-lock-days", int, "days each recording is retained under --object-lock-mode"),
+    _Flag("--object-lock-legal-hold", _flag_bool, "put a legal hold on every recording"),
+    _Repeated("--tag", "object tag KEY=VALUE", dest="tags"),
+    _Repeated("--tag-field", "text field whose value becomes a tag", dest="tag_fields"),
+    _Flag("--config", load_routes, "TOML file of [[route]] tables: more upload paths", dest="routes"),
+    _Flag("--manifest", _flag_bool, "write <key>.json with the upload's facts beside each recording"),
+    _Flag("--url-mode", str, "url in the answer: object, presigned (SigV4 GET link) or s3uri"),
+    _Flag("--presign-expires", _seconds, "lifetime of presigned links (at most 7d)"),
+    _Flag("--s3-ca-bundle", str, "PEM bundle of CAs to trust for the S3 endpoint (private CAs)"),
+    _Flag(
         "--s3-capabilities",
         str,
-        "probe",
         "what the store supports: probe it at start (probe), assume AWS S3's documented set (aws), "
         "or a JSON file written by check --save-capabilities",
-    )
-
-
-def _security_options(options: _Options) -> None:
-    options.add_list(
+    ),
+)
+_SERVING: _Table = (
+    _Flag("--read-timeout", parse_duration, "seconds a client may send nothing before 408"),
+    _Flag("--max-concurrent-uploads", int, "uploads in flight before 503"),
+    _Flag("--file-field", str, "multipart field that carries the recording"),
+    _Flag(
+        "--accept-types",
+        _types,
+        "comma-separated recording content types accepted",
+        default=",".join(DEFAULT_ACCEPT_TYPES),
+    ),
+    _Flag("--require-audio", _flag_bool, "refuse recordings that are not audio (415 not_audio)"),
+    _Flag("--require-wav", _flag_bool, "old name of --require-audio", default=False),
+    _Flag("--raw-audio", str, "how headerless bytes without a hint are read: ulaw, alaw, none"),
+    _Flag("--store-format", str, "what to store: wav, original, wav-pcm16, mp3, opus, flac"),
+    _Flag("--audio-bitrate", parse_bitrate, "bitrate of mp3 and opus output in bit/s (e.g. 24k)"),
+    _Flag(
+        "--shutdown-timeout",
+        parse_duration,
+        "on SIGTERM/SIGINT, seconds uploads in flight may take to finish before they are aborted",
+    ),
+    _Flag(
+        "--header-timeout",
+        parse_duration,
+        "seconds a new connection may take to send its request line and headers before 408 and close (0: off)",
+    ),
+    _Flag("--keepalive-timeout", parse_duration, "seconds an idle kept-alive connection stays open"),
+    _Flag("--max-connections", int, "open connections before new ones get 503 busy (0: no cap)"),
+)
+_SECURITY: _Table = (
+    _Repeated(
         "--auth-token",
         "a token clients must send (Bearer, or the Basic auth password)",
-        env="STREAMPROXY_AUTH_TOKENS",
         dest="auth_tokens",
-    )
-    options.add("--auth-token-file", str, None, "file with one token per line (keeps tokens out of ps)")
-    options.add(
-        "--allow-query-token", _flag_bool, False, "also accept the token as ?token= (for clients without headers)"
-    )
-    options.add("--allow-anonymous", _flag_bool, False, "listen beyond loopback without any token")
-    options.add_list("--allow-cidr", "client addresses allowed to upload, e.g. 203.0.113.0/24")
-    options.add_list("--trusted-proxy", "proxy addresses whose X-Forwarded-For is believed")
-    options.add("--tls-cert", str, None, "PEM certificate chain: serve HTTPS directly")
-    options.add("--tls-key", str, None, "PEM private key for --tls-cert")
-    options.add(
-        "--max-upload-seconds",
-        parse_duration,
-        DEFAULT_MAX_UPLOAD_SECONDS,
-        "longest time a client may take to send one upload before 408",
-    )
-
-
-def _notify_options(options: _Options) -> None:
-    options.add_list("--notify-url", "webhook that gets a signed recording.stored event per stored upload")
-    options.add_list("--notify-sqs", "SQS queue URL that gets the events")
-    options.add_list("--notify-sns", "SNS topic ARN that gets the events")
-    options.add("--notify-secret", str, None, "HMAC secret for Streamproxy-Signature (at least 16 characters)")
-    options.add("--notify-secret-file", str, None, "file whose first line is the notify secret (keeps it out of ps)")
-    options.add(
+        env="STREAMPROXY_AUTH_TOKENS",
+    ),
+    _Flag("--auth-token-file", str, "file with one token per line (keeps tokens out of ps)"),
+    _Flag("--allow-query-token", _flag_bool, "also accept the token as ?token= (for clients without headers)"),
+    _Flag("--allow-anonymous", _flag_bool, "listen beyond loopback without any token"),
+    _Repeated("--allow-cidr", "client addresses allowed to upload, e.g. 203.0.113.0/24"),
+    _Repeated("--trusted-proxy", "proxy addresses whose X-Forwarded-For is believed"),
+    _Flag("--tls-cert", str, "PEM certificate chain: serve HTTPS directly"),
+    _Flag("--tls-key", str, "PEM private key for --tls-cert"),
+    _Flag("--max-upload-seconds", parse_duration, "longest time a client may take to send one upload before 408"),
+)
+_NOTIFY: _Table = (
+    _Repeated("--notify-url", "webhook that gets a signed recording.stored event per stored upload"),
+    _Repeated("--notify-sqs", "SQS queue URL that gets the events"),
+    _Repeated("--notify-sns", "SNS topic ARN that gets the events"),
+    _Flag("--notify-secret", str, "HMAC secret for Streamproxy-Signature (at least 16 characters)"),
+    _Flag("--notify-secret-file", str, "file whose first line is the notify secret (keeps it out of ps)"),
+    _Flag(
         "--notify-max-age",
         parse_duration,
-        DEFAULT_NOTIFY_MAX_AGE,
         "seconds (or 7d, 12h) an event is retried before it is kept as a dead letter",
-    )
-    options.add("--notify-timeout", parse_duration, DEFAULT_NOTIFY_TIMEOUT, "seconds one delivery attempt may take")
-    options.add(
-        "--notify-backoff", parse_duration, DEFAULT_NOTIFY_BACKOFF, "seconds before the first retry (then doubling)"
-    )
-    options.add(
-        "--notify-backoff-max", parse_duration, DEFAULT_NOTIFY_BACKOFF_MAX, "longest wait between retries, seconds"
-    )
+    ),
+    _Flag("--notify-timeout", parse_duration, "seconds one delivery attempt may take"),
+    _Flag("--notify-backoff", parse_duration, "seconds before the first retry (then doubling)"),
+    _Flag("--notify-backoff-max", parse_duration, "longest wait between retries, seconds"),
+)
+_LOG: _Table = (
+    _Flag("--log-format", str, "json or console (auto: console on a terminal)"),
+    _Flag("--log-level", str, "debug, info, warning or error"),
+)
+_CHECK: _Table = (
+    _Flag("--write-probe", _flag_bool, "also put and delete a probe object (and multipart upload)"),
+    *_NOTIFY,
+    _Flag("--save-capabilities", str, "write the probed capabilities to this JSON file (for --s3-capabilities)"),
+)
+_DEAD_LETTERS: _Table = (
+    _Flag("--list", _flag_bool, "print one JSON line per dead letter", dest="notify_list"),
+    _Repeated(
+        "--retry",
+        "put the dead letter NAME back for delivery (or all)",
+        dest="notify_retry",
+        env="STREAMPROXY_NOTIFY_RETRY",
+    ),
+    _Repeated(
+        "--drop", "delete the dead letter NAME for good (or all)", dest="notify_drop", env="STREAMPROXY_NOTIFY_DROP"
+    ),
+)
+_SWEEP: _Table = (
+    _Flag("--older-than", parse_duration, "remove only leftovers older than this (90s, 15m, 24h, 7d); required"),
+    _Flag("--dry-run", _flag_bool, "list what would be removed, remove nothing"),
+    _Flag("--metrics-file", str, "also write the findings here for node_exporter's textfile collector (*.prom)"),
+)
+# command -> (help, its flags)
+_COMMANDS: dict[str, tuple[str, tuple[_Table, ...]]] = {
+    "serve": ("run the upload server", (_LISTEN, _STORAGE, _SERVING, _SECURITY, _NOTIFY, _LOG)),
+    "check": ("check configuration, credentials and storage, then exit", (_STORAGE, _CHECK, _LOG)),
+    "notify": ("list, retry or drop notification dead letters, then exit", (_STORAGE, _DEAD_LETTERS, _LOG)),
+    "sweep": ("remove leftovers of interrupted uploads, then exit", (_STORAGE, _SWEEP, _LOG)),
+}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, _Options]]:
     parser = argparse.ArgumentParser(prog="streamproxy", description="Stream call recordings into object storage.")
     parser.add_argument("--version", action="version", version=f"streamproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the upload server")
-    options = _Options(serve)
-    options.add("--host", str, DEFAULT_HOST, "address to listen on")
-    options.add("--port", int, DEFAULT_PORT, "port to listen on")
-    _storage_options(options)
-    options.add("--read-timeout", parse_duration, DEFAULT_READ_TIMEOUT, "seconds a client may send nothing before 408")
-    options.add("--max-concurrent-uploads", int, DEFAULT_MAX_CONCURRENT_UPLOADS, "uploads in flight before 503")
-    options.add("--file-field", str, DEFAULT_FILE_FIELD, "multipart field that carries the recording")
-    options.add(
-        "--accept-types", _types, ",".join(DEFAULT_ACCEPT_TYPES), "comma-separated recording content types accepted"
-    )
-    options.add("--require-audio", _flag_bool, False, "refuse recordings that are not audio (415 not_audio)")
-    options.add("--require-wav", _flag_bool, False, "old name of --require-audio")
-    options.add("--raw-audio", str, DEFAULT_RAW_AUDIO, "how headerless bytes without a hint are read: ulaw, alaw, none")
-    options.add("--store-format", str, DEFAULT_STORE_FORMAT, "what to store: wav, original, wav-pcm16, mp3, opus, flac")
-    options.add("--audio-bitrate", parse_bitrate, None, "bitrate of mp3 and opus output in bit/s (e.g. 24k)")
-    options.add(
-        "--shutdown-timeout",
-        parse_duration,
-        DEFAULT_SHUTDOWN_TIMEOUT,
-        "on SIGTERM/SIGINT, seconds uploads in flight may take to finish before they are aborted",
-    )
-    options.add(
-        "--header-timeout",
-        parse_duration,
-        DEFAULT_HEADER_TIMEOUT,
-        "seconds a new connection may take to send its request line and headers before 408 and close (0: off)",
-    )
-    options.add(
-        "--keepalive-timeout",
-        parse_duration,
-        DEFAULT_KEEPALIVE_TIMEOUT,
-        "seconds an idle kept-alive connection stays open",
-    )
-    options.add(
-        "--max-connections", int, DEFAULT_MAX_CONNECTIONS, "open connections before new ones get 503 busy (0: no cap)"
-    )
-    _security_options(options)
-    _notify_options(options)
-    _log_options(options)
-
-    check = commands.add_parser("check", help="check configuration, credentials and storage, then exit")
-    check_options = _Options(check)
-    _storage_options(check_options)
-    check_options.add("--write-probe", _flag_bool, False, "also put and delete a probe object (and multipart upload)")
-    _notify_options(check_options)
-    check_options.add(
-        "--save-capabilities", str, None, "write the probed capabilities to this JSON file (for --s3-capabilities)"
-    )
-    _log_options(check_options)
-
-    notify = commands.add_parser("notify", help="list, retry or drop notification dead letters, then exit")
-    notify_options = _Options(notify)
-    _storage_options(notify_options)
-    notify_options.add("--list", _flag_bool, False, "print one JSON line per dead letter", dest="notify_list")
-    notify_options.add_list(
-        "--retry",
-        "put the dead letter NAME back for delivery (or all)",
-        env="STREAMPROXY_NOTIFY_RETRY",
-        dest="notify_retry",
-    )
-    notify_options.add_list(
-        "--drop", "delete the dead letter NAME for good (or all)", env="STREAMPROXY_NOTIFY_DROP", dest="notify_drop"
-    )
-    _log_options(notify_options)
-
-    sweep = commands.add_parser("sweep", help="remove leftovers of interrupted uploads, then exit")
-    sweep_options = _Options(sweep)
-    _storage_options(sweep_options)
-    sweep_options.add(
-        "--older-than", parse_duration, None, "remove only leftovers older than this (90s, 15m, 24h, 7d); required"
-    )
-    sweep_options.add("--dry-run", _flag_bool, False, "list what would be removed, remove nothing")
-    sweep_options.add(
-        "--metrics-file", str, None, "also write the findings here for node_exporter's textfile collector (*.prom)"
-    )
-    _log_options(sweep_options)
-    return parser, {"serve": options, "check": check_options, "sweep": sweep_options, "notify": notify_options}
-
-
-def _log_options(options: _Options) -> None:
-    options.add("--log-format", str, "auto", "json or console (auto: console on a terminal)")
-    options.add("--log-level", str, "info", "debug, info, warning or error")
+    options = {
+        name: _Options(commands.add_parser(name, help=help), *tables) for name, (help, tables) in _COMMANDS.items()
+    }
+    return parser, options
 
 
 def settings_from_args(argv: Sequence[str]) -> tuple[str, Settings]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,6 +33,8 @@ __all__ = [
     "parse_bitrate",
     "parse_duration",
     "parse_size",
+    "per_route",
+    "per_route_fields",
 ]
 
 KIB = 1024
@@ -187,6 +190,89 @@ class StorageURI:
         return self.path.as_uri()
 
 
+# TOML values of a [[route]] table (routes.py): each converter raises TypeError naming what it expects.
+def toml_string(value: object) -> str:
+    """Return a TOML string."""
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def toml_strings(value: object) -> tuple[str, ...]:
+    """Return a TOML array of strings as a tuple."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("a list of strings")
+    return tuple(value)
+
+
+def toml_boolean(value: object) -> bool:
+    """Return a TOML boolean."""
+    if not isinstance(value, bool):
+        raise TypeError("true or false")
+    return value
+
+
+def toml_integer(value: object) -> int:
+    """Return a TOML integer (not a boolean)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("an integer")
+    return value
+
+
+def toml_seconds(value: object) -> int:
+    """Whole seconds, or a duration string like ``'24h'``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return round(parse_duration(value))
+    raise TypeError("seconds or a duration like '24h'")
+
+
+def toml_bitrate(value: object) -> int:
+    """Bits per second, as a number or a string like ``'24k'``."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return parse_bitrate(value)
+    raise TypeError("bits per second, like 24000 or '24k'")
+
+
+def toml_tags(value: object) -> tuple[tuple[str, str], ...]:
+    """Return a TOML inline table of strings (the object tags) as pairs."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise TypeError('a table of strings, like { team = "ivr" }')
+    return tuple(value.items())
+
+
+def toml_storage(value: object) -> StorageURI:
+    """Return the parsed storage URI of a TOML string."""
+    return StorageURI.parse(toml_string(value))
+
+
+PER_ROUTE = "per_route"  # the key of a Settings field's metadata that makes it settable per route
+
+
+@dataclass(frozen=True)
+class PerRoute:
+    """How a ``[[route]]`` table sets one ``Settings`` field.
+
+    ``key`` is the flag without ``--``, ``aliases`` older names still read, ``convert`` the converter
+    of the TOML value (it raises ``TypeError`` naming what it expects).
+    """
+
+    key: str
+    convert: Callable[[object], Any]
+    aliases: tuple[str, ...] = ()
+
+
+def per_route(key: str, convert: Callable[[object], Any], *, aliases: tuple[str, ...] = ()) -> Mapping[str, PerRoute]:
+    """Metadata for a ``Settings`` field that each ``[[route]]`` may set (see routes.py)."""
+    return {PER_ROUTE: PerRoute(key, convert, aliases)}
+
+
+def per_route_fields() -> tuple[tuple[Field[Any], PerRoute], ...]:
+    """Every ``Settings`` field a route may set, with how it is set, in declaration order."""
+    return tuple((f, f.metadata[PER_ROUTE]) for f in fields(Settings) if PER_ROUTE in f.metadata)
+
+
 @dataclass(frozen=True)
 class Route:
     """One ``[[route]]`` table, checked for keys and types (its settings are resolved by ``routes``)."""
@@ -205,7 +291,9 @@ class Settings:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    storage: StorageURI = field(default_factory=lambda: StorageURI.parse(DEFAULT_STORAGE))
+    storage: StorageURI = field(
+        default_factory=lambda: StorageURI.parse(DEFAULT_STORAGE), metadata=per_route("storage", toml_storage)
+    )
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_max_attempts: int = DEFAULT_S3_MAX_ATTEMPTS
@@ -216,27 +304,29 @@ class Settings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     read_timeout: float = DEFAULT_READ_TIMEOUT
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
-    key_template: str = DEFAULT_KEY_TEMPLATE
-    overwrite: bool = False
+    key_template: str = field(default=DEFAULT_KEY_TEMPLATE, metadata=per_route("key-template", toml_string))
+    overwrite: bool = field(default=False, metadata=per_route("overwrite", toml_boolean))
     require_conditional_writes: bool = False  # refuse to start where duplicates are refused only best-effort
     file_field: str = DEFAULT_FILE_FIELD
     checksum: str = DEFAULT_CHECKSUM
     accept_types: tuple[str, ...] = DEFAULT_ACCEPT_TYPES
-    require_audio: bool = False
-    raw_audio: str = DEFAULT_RAW_AUDIO
-    store_format: str = DEFAULT_STORE_FORMAT
-    audio_bitrate: int | None = None
-    url_mode: str = "object"
-    presign_expires: int = DEFAULT_PRESIGN_EXPIRES
-    sse: str | None = None
-    sse_kms_key_id: str | None = None
-    storage_class: str | None = None
-    object_lock_mode: str | None = None
-    object_lock_days: int | None = None
-    object_lock_legal_hold: bool = False
-    tags: tuple[tuple[str, str], ...] = ()
-    tag_fields: tuple[str, ...] = ()
-    manifest: bool = False
+    require_audio: bool = field(
+        default=False, metadata=per_route("require-audio", toml_boolean, aliases=("require-wav",))
+    )
+    raw_audio: str = field(default=DEFAULT_RAW_AUDIO, metadata=per_route("raw-audio", toml_string))
+    store_format: str = field(default=DEFAULT_STORE_FORMAT, metadata=per_route("store-format", toml_string))
+    audio_bitrate: int | None = field(default=None, metadata=per_route("audio-bitrate", toml_bitrate))
+    url_mode: str = field(default="object", metadata=per_route("url-mode", toml_string))
+    presign_expires: int = field(default=DEFAULT_PRESIGN_EXPIRES, metadata=per_route("presign-expires", toml_seconds))
+    sse: str | None = field(default=None, metadata=per_route("sse", toml_string))
+    sse_kms_key_id: str | None = field(default=None, metadata=per_route("sse-kms-key-id", toml_string))
+    storage_class: str | None = field(default=None, metadata=per_route("storage-class", toml_string))
+    object_lock_mode: str | None = field(default=None, metadata=per_route("object-lock-mode", toml_string))
+    object_lock_days: int | None = field(default=None, metadata=per_route("object-lock-days", toml_integer))
+    object_lock_legal_hold: bool = field(default=False, metadata=per_route("object-lock-legal-hold", toml_boolean))
+    tags: tuple[tuple[str, str], ...] = field(default=(), metadata=per_route("tags", toml_tags))
+    tag_fields: tuple[str, ...] = field(default=(), metadata=per_route("tag-fields", toml_strings))
+    manifest: bool = field(default=False, metadata=per_route("manifest", toml_boolean))
     routes: tuple[Route, ...] = ()
     log_format: str = "auto"
     log_level: str = "info"
@@ -248,9 +338,9 @@ class Settings:
     write_probe: bool = False
     older_than: float | None = None
     dry_run: bool = False
-    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
-    auth_token_file: str | None = None
-    allow_query_token: bool = False
+    auth_tokens: tuple[str, ...] = field(default=(), metadata=per_route("auth-tokens", toml_strings), repr=False)
+    auth_token_file: str | None = field(default=None, metadata=per_route("auth-token-file", toml_string))
+    allow_query_token: bool = field(default=False, metadata=per_route("allow-query-token", toml_boolean))
     allow_anonymous: bool = False
     allow_cidr: tuple[str, ...] = ()
     trusted_proxy: tuple[str, ...] = ()
@@ -258,9 +348,9 @@ class Settings:
     tls_key: str | None = None
     s3_ca_bundle: str | None = None
     max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS
-    notify_url: tuple[str, ...] = ()
-    notify_sqs: tuple[str, ...] = ()
-    notify_sns: tuple[str, ...] = ()
+    notify_url: tuple[str, ...] = field(default=(), metadata=per_route("notify-urls", toml_strings))
+    notify_sqs: tuple[str, ...] = field(default=(), metadata=per_route("notify-sqs", toml_strings))
+    notify_sns: tuple[str, ...] = field(default=(), metadata=per_route("notify-sns", toml_strings))
     notify_secret: str | None = field(default=None, repr=False)
     notify_secret_file: str | None = None
     notify_max_age: float = DEFAULT_NOTIFY_MAX_AGE

@@ -31,7 +31,7 @@ from typing import cast
 
 from aiohttp import web
 
-__all__ = ["CONNECTIONS", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+__all__ = ["ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
 
 _HEAD_END = b"\r\n\r\n"
 # After a canned answer, how long the client's further bytes are read and dropped before the close:
@@ -72,9 +72,6 @@ class ConnectionStats:
     open: int = 0
     refused: int = 0
     header_timeouts: int = 0
-
-
-CONNECTIONS = web.AppKey("connections", ConnectionStats)
 
 
 @dataclass

@@ -49,6 +49,14 @@ class StreamproxyError(Exception):
     status: int = 500
     default_code: str = "internal_error"
 
+    def __init_subclass__(cls, *, status: int | None = None, code: str | None = None) -> None:
+        # A subclass names its status and default code in its header: ``class X(Base, status=409, code="exists")``.
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.default_code = code
+
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -59,79 +67,52 @@ class StreamproxyError(Exception):
         return {"status": "failure", "error": self.code, "message": self.message}
 
 
-class ClientFault(StreamproxyError):
+class ClientFault(StreamproxyError, status=400, code="bad_request"):
     """The request is at fault (4xx)."""
-
-    status = 400
-    default_code = "bad_request"
 
 
 class BadRequest(ClientFault):
     """Malformed or unacceptable input (400)."""
 
 
-class Unauthorized(ClientFault):
+class Unauthorized(ClientFault, status=401, code="unauthorized"):
     """No valid credentials were presented (401); ``challenges`` become ``WWW-Authenticate`` headers."""
-
-    status = 401
-    default_code = "unauthorized"
 
     def __init__(self, message: str, *, code: str | None = None, challenges: tuple[str, ...] = ()) -> None:
         super().__init__(message, code=code)
         self.challenges = challenges
 
 
-class Forbidden(ClientFault):
+class Forbidden(ClientFault, status=403, code="forbidden"):
     """The client may not use this endpoint (403)."""
 
-    status = 403
-    default_code = "forbidden"
 
-
-class RequestTimeout(ClientFault):
+class RequestTimeout(ClientFault, status=408, code="client_timeout"):
     """The client stopped sending for too long (408)."""
 
-    status = 408
-    default_code = "client_timeout"
 
-
-class KeyExists(ClientFault):
+class KeyExists(ClientFault, status=409, code="exists"):
     """The target key already exists and overwriting is off (409)."""
 
-    status = 409
-    default_code = "exists"
 
-
-class PayloadTooLarge(ClientFault):
+class PayloadTooLarge(ClientFault, status=413, code="too_large"):
     """The recording is larger than the configured limit (413)."""
 
-    status = 413
-    default_code = "too_large"
 
-
-class UnsupportedMediaType(ClientFault):
+class UnsupportedMediaType(ClientFault, status=415, code="unsupported_media_type"):
     """The request or recording has a content type we do not accept (415)."""
 
-    status = 415
-    default_code = "unsupported_media_type"
 
-
-class Unavailable(StreamproxyError):
+class Unavailable(StreamproxyError, status=503, code="busy"):
     """The server cannot take the upload right now; the client should retry later (503)."""
-
-    status = 503
-    default_code = "busy"
 
     def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
 
 
-class StorageError(StreamproxyError):
+class StorageError(StreamproxyError, status=502, code="storage_failed"):
     """Storage failed; nothing was stored (5xx)."""
-
-    status = 502
-    default_code = "storage_failed"
 
     def __init__(self, message: str, *, code: str | None = None, storage_code: str | None = None) -> None:
         super().__init__(message, code=code)
@@ -142,18 +123,12 @@ class StorageFailed(StorageError):
     """Storage answered with an error (502)."""
 
 
-class StorageUnavailable(StorageError):
+class StorageUnavailable(StorageError, status=503, code="storage_unavailable"):
     """Storage could not be reached or is throttling us (503)."""
 
-    status = 503
-    default_code = "storage_unavailable"
 
-
-class StorageTimeout(StorageError):
+class StorageTimeout(StorageError, status=504, code="storage_timeout"):
     """Storage did not answer in time (504)."""
-
-    status = 504
-    default_code = "storage_timeout"
 
 
 class ConfigError(ValueError):

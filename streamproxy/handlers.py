@@ -1,4 +1,10 @@
-"""HTTP in, JSON out: the upload endpoints and the mapping of errors to responses.
+"""HTTP in, JSON out: the upload routes, their guard middleware, and the mapping of errors to responses.
+
+Each upload path is one ``UploadRoute``: its ingest (storage, key template, options), its guard,
+its manifests and its notifier, with the POST, PUT and ``Expect: 100-continue`` handlers as its
+methods. ``make_app`` adds them to the application in order, the default route (``/recordings``)
+first; ``UploadRoutes`` (the app key ``UPLOAD_ROUTES``) finds the one a request matched, so the
+guard middleware can refuse a request before its body is read.
 
 This module never imports boto: storage errors arrive as ``streamproxy.errors`` exceptions.
 """
@@ -8,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,77 +23,162 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute, _default_expect_handler
 
-from .auth import check_request, client_address
+from .appkeys import ADMISSION, METRICS, UPLOAD_ROUTES
+from .auth import Guard
 from .errors import BadRequest, PayloadTooLarge, StreamproxyError, Unauthorized, Unavailable, UnsupportedMediaType
 from .ingest import MAX_FORM_OVERHEAD, Ingest, Upload, media_type_allowed
-from .lifecycle import ADMISSION
-from .manifest import RequestInfo, write_manifest
-from .metrics import CURRENT_UPLOAD, METRICS, UploadStats
+from .manifest import Manifests, RequestInfo
+from .metrics import CURRENT_UPLOAD, UploadStats
 from .notify.delivery import Notifier
 from .notify.event import recording_stored
 
-__all__ = [
-    "ROUTE_INGESTS",
-    "ROUTE_NOTIFIERS",
-    "RouteIngests",
-    "RouteNotifiers",
-    "error_middleware",
-    "expect_handler",
-    "guard_middleware",
-    "ingest_for",
-    "health",
-    "post_recording",
-    "put_recording",
-]
+__all__ = ["UploadRoute", "UploadRoutes", "error_middleware", "guard_middleware", "health"]
 
 log = structlog.get_logger("streamproxy.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-INGEST = web.AppKey("ingest", Ingest)
 
-
-class RouteIngests:
-    """The ingest of each upload route that is not the default one (``--config`` routes)."""
+class UploadRoutes:
+    """The upload routes of the application, in the order they were added (the default one first)."""
 
     def __init__(self) -> None:
-        self._by_route: dict[AbstractRoute, Ingest] = {}
+        self._by_route: dict[AbstractRoute, UploadRoute] = {}
+        self._routes: list[UploadRoute] = []
 
-    def add(self, route: AbstractRoute, ingest: Ingest) -> None:
-        """Serve ``route`` with ``ingest`` (its storage, key template, options)."""
-        self._by_route[route] = ingest
+    def add(self, app: web.Application, route: UploadRoute) -> None:
+        """Serve ``POST route.path`` and ``PUT route.path/{filename}`` with ``route``."""
+        self._routes.append(route)
+        for added in (
+            app.router.add_post(route.path, route.post, expect_handler=route.expect),
+            app.router.add_put(route.path + "/{filename}", route.put, expect_handler=route.expect),
+        ):
+            self._by_route[added] = route
 
-    def get(self, route: AbstractRoute) -> Ingest | None:
-        """Return the ingest of ``route``, if it has its own."""
-        return self._by_route.get(route)
+    def of(self, request: web.Request) -> UploadRoute | None:
+        """Return the upload route ``request`` matched, if it matched one (the probes are not)."""
+        return self._by_route.get(request.match_info.route)
 
-
-ROUTE_INGESTS = web.AppKey("route_ingests", RouteIngests)
-
-
-class RouteNotifiers:
-    """The notifier and targets of each upload route that sends ``recording.stored`` events, by its ingest."""
-
-    def __init__(self) -> None:
-        self._by_ingest: dict[Ingest, tuple[Notifier, tuple[str, ...]]] = {}
-
-    def add(self, ingest: Ingest, notifier: Notifier, targets: tuple[str, ...]) -> None:
-        """Send an event to ``targets`` through ``notifier`` for every upload ``ingest`` stores."""
-        self._by_ingest[ingest] = (notifier, targets)
-
-    def get(self, ingest: Ingest) -> tuple[Notifier, tuple[str, ...]] | None:
-        """Return the notifier and targets of the route that ``ingest`` serves, if it has targets."""
-        return self._by_ingest.get(ingest)
+    def __iter__(self) -> Iterator[UploadRoute]:
+        return iter(self._routes)
 
 
-ROUTE_NOTIFIERS = web.AppKey("route_notifiers", RouteNotifiers)
+@dataclass(frozen=True, eq=False)
+class UploadRoute:
+    """One upload path: what stores its uploads, who may use it, and what follows a stored upload."""
 
+    path: str
+    ingest: Ingest
+    guard: Guard
+    manifests: Manifests | None = None  # None: the route writes no manifests, the answer has no "manifest"
+    notifier: Notifier | None = None  # sends ``recording.stored`` to ``notify_targets``
+    notify_targets: tuple[str, ...] = ()
 
-def ingest_for(request: web.Request) -> Ingest:
-    """Return the ingest that serves the matched route: its own, else the default route's."""
-    routes = request.app.get(ROUTE_INGESTS)
-    own = routes.get(request.match_info.route) if routes is not None else None
-    return own if own is not None else request.app[INGEST]
+    async def post(self, request: web.Request) -> web.Response:
+        """``POST {path}``: multipart/form-data, or a raw body with ``?filename=``."""
+        return await self._run(request, lambda: self._post(request))
+
+    async def put(self, request: web.Request) -> web.Response:
+        """``PUT {path}/{filename}``: the body is the recording."""
+        return await self._run(request, lambda: self._put(request))
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """Answer ``Expect: 100-continue`` with the failure instead, when the headers already decide it."""
+        try:
+            self.guard.check(request)  # the middlewares have not run yet
+            self._precheck(request)
+        except StreamproxyError as exc:
+            _report(request, self.guard, _Attempt(error=exc))
+            return _json_error(exc)
+        await _default_expect_handler(request)
+        return None
+
+    def _precheck(self, request: web.Request) -> None:
+        """Refuse what the headers alone decide, before a byte of the body is read."""
+        request.app[ADMISSION].check()
+        limit = self.ingest.max_upload_bytes
+        if request.content_type.startswith("multipart/"):
+            limit += MAX_FORM_OVERHEAD
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(
+                f"the request declares {request.content_length} bytes; "
+                f"the limit is {self.ingest.max_upload_bytes} bytes"
+            )
+
+    async def _post(self, request: web.Request) -> Upload:
+        ingest = self.ingest
+        if request.content_type == "multipart/form-data":
+            try:
+                reader = await request.multipart()
+            except (KeyError, ValueError, AssertionError) as exc:
+                raise BadRequest(f"the multipart body is malformed ({exc})", code="malformed_body") from None
+            return await ingest.multipart(reader)
+        filename = request.query.get("filename")
+        if request.content_type.startswith("multipart/"):
+            raise UnsupportedMediaType(f"{request.content_type} is not accepted; send multipart/form-data")
+        if media_type_allowed(request.content_type, ingest.accept_types) or not request.content_type:
+            if filename is None:
+                raise BadRequest(
+                    "a raw upload needs ?filename=NAME (or use PUT /recordings/NAME)", code="missing_field"
+                )
+            return await self._raw(request, filename)
+        raise UnsupportedMediaType(
+            f"{request.content_type!r} is not accepted: send multipart/form-data or a raw "
+            f"{' or '.join(ingest.accept_types)} body"
+        )
+
+    async def _put(self, request: web.Request) -> Upload:
+        if request.content_type.startswith("multipart/"):
+            raise UnsupportedMediaType("PUT takes the recording itself as the body, not a multipart form")
+        return await self._raw(request, request.match_info["filename"])
+
+    async def _raw(self, request: web.Request, filename: str) -> Upload:
+        return await self.ingest.raw(
+            request.content.readany, filename=filename, content_type=request.content_type or None
+        )
+
+    async def _run(self, request: web.Request, work: Callable[[], Awaitable[Upload]]) -> web.Response:
+        attempt = _Attempt()
+        token = CURRENT_UPLOAD.set(attempt.stats)
+        received_at = datetime.now(UTC)
+        admission = request.app[ADMISSION]
+        body: dict[str, Any] = {}
+        try:
+            self._precheck(request)
+            with admission:
+                attempt.upload = upload = await work()
+                stored_at = datetime.now(UTC)
+                body = _answer(upload)
+                if self.manifests is not None:
+                    info = _request_info(request, self.guard, received_at)
+                    body["manifest"] = await self.manifests.write(upload, info, self.ingest.tags_for(upload.fields))
+                if self.notifier is not None:
+                    # Into the outbox before the answer, still inside admission so the drain waits for it.
+                    # A failed outbox write is logged and counted there; the recording is stored either way.
+                    info = _request_info(request, self.guard, received_at)
+                    await self.notifier.record(_event(body, upload, info, stored_at), self.notify_targets)
+            attempt.outcome = "success"
+        except StreamproxyError as exc:
+            attempt.error = exc
+            raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or not admission.stopped_by_shutdown(task):
+                attempt.outcome = attempt.cancelled = "cancelled"
+                raise
+            # The drain deadline cancelled this upload; its writer is aborted. Tell the client to retry.
+            task.uncancel()
+            attempt.error = Unavailable(
+                "the server shut down before the upload finished; nothing was stored", code="shutdown", retry_after=5
+            )
+            raise attempt.error from None
+        except ConnectionError:
+            attempt.outcome, attempt.cancelled = "cancelled", "client_disconnected"
+            raise
+        finally:
+            CURRENT_UPLOAD.reset(token)
+            _report(request, self.guard, attempt)
+        return web.json_response(body)
 
 
 def _json_error(error: StreamproxyError) -> web.Response:
@@ -137,25 +229,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         structlog.contextvars.unbind_contextvars("request_id")
 
 
-def _report(
-    request: web.Request,
-    *,
-    outcome: str,
-    error: StreamproxyError | None,
-    started: float,
-    stats: UploadStats,
-    upload: Upload | None = None,
-    cancelled: str = "",
-) -> None:
+@dataclass
+class _Attempt:
+    """What one upload request came to, for its log line and its metrics."""
+
+    started: float = field(default_factory=time.monotonic)
+    stats: UploadStats = field(default_factory=UploadStats)
+    outcome: str = "failure"
+    error: StreamproxyError | None = None
+    upload: Upload | None = None
+    cancelled: str = ""  # "cancelled" or "client_disconnected": the request ended without an answer
+
+
+def _report(request: web.Request, guard: Guard, attempt: _Attempt) -> None:
     """Write the one log line of an upload request and count it."""
-    elapsed = time.monotonic() - started
+    outcome, error, stats, upload = attempt.outcome, attempt.error, attempt.stats, attempt.upload
+    elapsed = time.monotonic() - attempt.started
     size = upload.received.size if upload else stats.bytes  # what the client sent
-    code = error.code if error else cancelled
+    code = error.code if error else attempt.cancelled
     emit = log.warning if error is not None and error.status >= 500 else log.info
     emit(
         "upload",
         outcome=outcome,
-        client=client_address(request),
+        client=guard.client_address(request),
         method=request.method,
         key=upload.stored.key if upload else stats.key,
         bytes=size,
@@ -172,39 +268,20 @@ def _report(
         metrics.record_upload(outcome, code, elapsed, size if upload else None)
 
 
-def _precheck(request: web.Request) -> None:
-    """Refuse what the headers alone decide, before a byte of the body is read."""
-    request.app[ADMISSION].check()
-    ingest = ingest_for(request)
-    multipart = request.content_type.startswith("multipart/")
-    limit = ingest.max_upload_bytes + (MAX_FORM_OVERHEAD if multipart else 0)
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"the request declares {request.content_length} bytes; the limit is {ingest.max_upload_bytes} bytes"
-        )
-
-
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests the route's guard rejects (403, 401) before the handler reads the body; log them."""
-    try:
-        check_request(request)
-    except StreamproxyError as exc:
-        _report(request, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())
-        raise
+    """Refuse requests the route's guard rejects (403, 401) before the handler reads the body; log them.
+
+    Routes that are not upload routes (``/healthz`` and the other probes) have no guard: they stay open.
+    """
+    route = request.app[UPLOAD_ROUTES].of(request) if UPLOAD_ROUTES in request.app else None
+    if route is not None:
+        try:
+            route.guard.check(request)
+        except StreamproxyError as exc:
+            _report(request, route.guard, _Attempt(error=exc))
+            raise
     return await handler(request)
-
-
-async def expect_handler(request: web.Request) -> web.Response | None:
-    """Answer ``Expect: 100-continue`` with the failure instead, when the headers already decide it."""
-    try:
-        check_request(request)  # the middlewares have not run yet
-        _precheck(request)
-    except StreamproxyError as exc:
-        _report(request, outcome="failure", error=exc, started=time.monotonic(), stats=UploadStats())
-        return _json_error(exc)
-    await _default_expect_handler(request)
-    return None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -212,106 +289,8 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def post_recording(request: web.Request) -> web.Response:
-    """``POST /recordings``: multipart/form-data, or a raw body with ``?filename=``."""
-    return await _run(request, lambda: _post(request, ingest_for(request)))
-
-
-async def _post(request: web.Request, ingest: Ingest) -> Upload:
-    if request.content_type == "multipart/form-data":
-        return await _multipart(request, ingest)
-    filename = request.query.get("filename")
-    if request.content_type.startswith("multipart/"):
-        raise UnsupportedMediaType(f"{request.content_type} is not accepted; send multipart/form-data")
-    if media_type_allowed(request.content_type, ingest.accept_types) or not request.content_type:
-        if filename is None:
-            raise BadRequest("a raw upload needs ?filename=NAME (or use PUT /recordings/NAME)", code="missing_field")
-        return await _raw(request, ingest, filename)
-    raise UnsupportedMediaType(
-        f"{request.content_type!r} is not accepted: send multipart/form-data or a raw "
-        f"{' or '.join(ingest.accept_types)} body"
-    )
-
-
-async def put_recording(request: web.Request) -> web.Response:
-    """``PUT /recordings/{filename}``: the body is the recording."""
-    return await _run(request, lambda: _put(request, ingest_for(request)))
-
-
-async def _put(request: web.Request, ingest: Ingest) -> Upload:
-    if request.content_type.startswith("multipart/"):
-        raise UnsupportedMediaType("PUT takes the recording itself as the body, not a multipart form")
-    return await _raw(request, ingest, request.match_info["filename"])
-
-
-async def _multipart(request: web.Request, ingest: Ingest) -> Upload:
-    try:
-        reader = await request.multipart()
-    except (KeyError, ValueError, AssertionError) as exc:
-        raise BadRequest(f"the multipart body is malformed ({exc})", code="malformed_body") from None
-    return await ingest.multipart(reader)
-
-
-async def _raw(request: web.Request, ingest: Ingest, filename: str) -> Upload:
-    return await ingest.raw(request.content.readany, filename=filename, content_type=request.content_type or None)
-
-
-async def _run(request: web.Request, work: Callable[[], Awaitable[Upload]]) -> web.Response:
-    started = time.monotonic()
-    stats = UploadStats()
-    token = CURRENT_UPLOAD.set(stats)
-    received_at = datetime.now(UTC)
-    outcome = "failure"
-    cancelled = ""
-    upload: Upload | None = None
-    error: StreamproxyError | None = None
-    admission = request.app[ADMISSION]
-    ingest = ingest_for(request)
-    manifest: str | None = None
-    body: dict[str, Any] = {}
-    try:
-        _precheck(request)
-        with admission:
-            upload = await work()
-            stored_at = datetime.now(UTC)
-            if ingest.manifest:
-                manifest = await write_manifest(ingest, upload, _request_info(request, received_at))
-            body = _answer(upload, manifest if ingest.manifest else _NO_MANIFEST)
-            notify = request.app[ROUTE_NOTIFIERS].get(ingest) if ROUTE_NOTIFIERS in request.app else None
-            if notify is not None:
-                # Into the outbox before the answer, still inside admission so the drain waits for it.
-                # A failed outbox write is logged and counted there; the recording is stored either way.
-                info = _request_info(request, received_at)
-                await notify[0].record(_event(body, upload, info, stored_at), notify[1])
-        outcome = "success"
-    except StreamproxyError as exc:
-        error = exc
-        raise
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or not admission.stopped_by_shutdown(task):
-            outcome, cancelled = "cancelled", "cancelled"
-            raise
-        # The drain deadline cancelled this upload; its writer is aborted. Tell the client to retry.
-        task.uncancel()
-        error = Unavailable(
-            "the server shut down before the upload finished; nothing was stored", code="shutdown", retry_after=5
-        )
-        raise error from None
-    except ConnectionError:
-        outcome, cancelled = "cancelled", "client_disconnected"
-        raise
-    finally:
-        CURRENT_UPLOAD.reset(token)
-        _report(request, outcome=outcome, error=error, started=started, stats=stats, upload=upload, cancelled=cancelled)
-    return web.json_response(body)
-
-
-_NO_MANIFEST = object()  # the route writes no manifests: the answer has no "manifest" key
-
-
-def _answer(upload: Upload, manifest: str | object | None) -> dict[str, Any]:
-    """Build the success answer's body."""
+def _answer(upload: Upload) -> dict[str, Any]:
+    """Build the success answer's body (the route adds ``manifest`` when it writes manifests)."""
     body: dict[str, Any] = {
         "status": "success",
         "url": upload.stored.url,
@@ -325,8 +304,6 @@ def _answer(upload: Upload, manifest: str | object | None) -> dict[str, Any]:
     body["audio"] = upload.audio_json
     if upload.stored.bucket is not None:
         body["bucket"] = upload.stored.bucket
-    if manifest is not _NO_MANIFEST:
-        body["manifest"] = manifest
     return body
 
 
@@ -350,10 +327,10 @@ def _event(body: dict[str, Any], upload: Upload, info: RequestInfo, stored_at: d
     )
 
 
-def _request_info(request: web.Request, received_at: datetime) -> RequestInfo:
+def _request_info(request: web.Request, guard: Guard, received_at: datetime) -> RequestInfo:
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     return RequestInfo(
-        client=client_address(request),
+        client=guard.client_address(request),
         user_agent=request.headers.get("User-Agent"),
         request_id=str(request_id) if request_id else None,
         received_at=received_at,

@@ -31,7 +31,7 @@ from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .keys import KeyTemplate, check_filename, decode_filename, join_key
 from .lifecycle import mark_completing
 from .parts import BufferPool
-from .sinks import Sink, Stored, Writer
+from .sinks import Completion, ObjectSpec, Sink, Stored, Writer
 from .tags import sanitize_tag_key, sanitize_tag_value
 
 __all__ = [
@@ -156,8 +156,6 @@ class Ingest:
         max_upload_seconds: float | None = None,
         audio: AudioPolicy | None = None,
         tag_fields: tuple[str, ...] = (),
-        manifest: bool = False,
-        manifest_sink: Sink | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -170,11 +168,6 @@ class Ingest:
         self.max_upload_seconds = max_upload_seconds
         self.audio = audio or AudioPolicy()
         self.tag_fields = tag_fields
-        self.manifest = manifest
-        # Manifests bypass the upload instrumentation: they are not recordings.
-        self.manifest_sink = manifest_sink if manifest_sink is not None else sink
-        self.manifest_failures = 0  # manifests not written although their recording was stored
-        self.on_manifest_failure: Callable[[], None] = lambda: None
 
     def key_for(self, filename: str | None, fields: Mapping[str, str], ext: str = "") -> str:
         """Return the full object key for this upload (prefix included), or raise a 400.
@@ -242,7 +235,7 @@ class Ingest:
         try:
             mark_completing()
             stored = await writer.complete(
-                key=key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields)
+                Completion(key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields))
             )
         except BaseException:
             await writer.abort()
@@ -266,7 +259,7 @@ class Ingest:
             key = self.key_for(name, fields, chosen.ext) if name is not None else None
             types.append(stored_type(chosen, declared))
             return await self.sink.open(
-                key, content_type=types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields)
+                ObjectSpec(key, types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields))
             )
 
         return open_writer

@@ -24,26 +24,23 @@ import signal
 import ssl
 import time
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from .connections import CONNECTIONS, ConnectionLimits, ConnectionStats, GuardedSite
+from .appkeys import ADMISSION, CONNECTIONS, METRICS, NOTIFY, READINESS
+from .connections import ConnectionLimits, ConnectionStats, GuardedSite
 from .errors import StreamproxyError, Unavailable
-from .metrics import METRICS, Metrics
-from .notify.service import NotifyHub
+from .metrics import Metrics
 from .sinks import Sink
 
 __all__ = [
     "ABORT_GRACE",
-    "ADMISSION",
-    "NOTIFY",
     "CURRENT_TICKET",
     "PROBE_TIMEOUT",
     "PROBE_TTL",
-    "READINESS",
     "Admission",
     "AdmissionTicket",
     "Readiness",
@@ -153,65 +150,51 @@ class Admission:
         return False
 
 
-ADMISSION = web.AppKey("admission", Admission)
-
-
+@dataclass(eq=False)
 class Readiness:
     """Answer "can this instance take uploads?" from a storage probe cached for ``ttl`` seconds."""
 
-    def __init__(
-        self,
-        sink: Sink,
-        admission: Admission,
-        metrics: Metrics | None = None,
-        *,
-        ttl: float = PROBE_TTL,
-        timeout: float = PROBE_TIMEOUT,
-    ) -> None:
-        self._sink = sink
-        self._admission = admission
-        self._metrics = metrics
-        self._ttl = ttl
-        self._timeout = timeout
-        self._lock = asyncio.Lock()
-        self._checked = float("-inf")
-        self._problem: str | None = None
-        self._ever_checked = False
+    sink: Sink
+    admission: Admission
+    metrics: Metrics | None = None
+    _: KW_ONLY
+    ttl: float = PROBE_TTL
+    timeout: float = PROBE_TIMEOUT
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _checked: float = field(default=float("-inf"), init=False, repr=False)
+    _problem: str | None = field(default=None, init=False, repr=False)
+    _ever_checked: bool = field(default=False, init=False, repr=False)
 
     @property
     def storage(self) -> str:
         """The storage this instance writes to."""
-        return self._sink.description
+        return self.sink.description
 
     async def check(self) -> str | None:
         """Return ``None`` when ready, else the reason (draining, or the storage problem)."""
-        if self._admission.draining:
+        if self.admission.draining:
             return "the server is shutting down"
         async with self._lock:  # one probe at a time; concurrent callers share its result
-            if time.monotonic() - self._checked >= self._ttl:
+            if time.monotonic() - self._checked >= self.ttl:
                 problem = await self._probe()
                 if problem is None and (self._problem is not None or not self._ever_checked):
-                    log.info("storage_ready", storage=self._sink.description)
+                    log.info("storage_ready", storage=self.sink.description)
                 elif problem is not None and problem != self._problem:
-                    log.warning("storage_not_ready", storage=self._sink.description, problem=problem)
+                    log.warning("storage_not_ready", storage=self.sink.description, problem=problem)
                 self._problem, self._checked, self._ever_checked = problem, time.monotonic(), True
-                if self._metrics is not None:
-                    self._metrics.storage_ready.set(1 if problem is None else 0)
+                if self.metrics is not None:
+                    self.metrics.storage_ready.set(1 if problem is None else 0)
             return self._problem
 
     async def _probe(self) -> str | None:
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._sink.probe()
+            async with asyncio.timeout(self.timeout):
+                await self.sink.probe()
         except TimeoutError:
-            return f"storage did not answer within {self._timeout:g} seconds"
+            return f"storage did not answer within {self.timeout:g} seconds"
         except StreamproxyError as exc:
             return exc.message
         return None
-
-
-READINESS = web.AppKey("readiness", Readiness)
-NOTIFY = web.AppKey("notify", NotifyHub)
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -3,23 +3,27 @@
 A manifest is written only after the recording is stored complete, through the same sink (so the
 same encryption, storage class, retention and tags apply). If writing it fails, the recording
 stays stored and the upload still succeeds: the failure is logged (``manifest_failed``), counted
-(``Ingest.manifest_failures`` and the metric ``streamproxy_manifest_failures_total``), and the
-answer's ``manifest`` is ``null``. The schema is
+once (the metric ``streamproxy_manifest_failures_total``, through ``Manifests.on_failure``), and the
+answer's ``manifest`` is ``null``. A route that writes manifests holds one ``Manifests``; the
+upload route (handlers.py) calls it after the upload, so ``Ingest`` knows nothing of manifests. The schema is
 documented in docs/configuration.md; ``MANIFEST_VERSION`` changes when a field changes meaning.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 
 from . import __version__
-from .ingest import Ingest, Upload
+from .ingest import Upload
+from .parts import BufferPool
+from .sinks import Completion, ObjectSpec, Sink
 
-__all__ = ["MANIFEST_SUFFIX", "MANIFEST_VERSION", "RequestInfo", "build_manifest", "manifest_key", "write_manifest"]
+__all__ = ["MANIFEST_SUFFIX", "MANIFEST_VERSION", "Manifests", "RequestInfo", "build_manifest", "manifest_key"]
 
 log = structlog.get_logger("streamproxy.manifest")
 
@@ -72,35 +76,45 @@ def build_manifest(
     }
 
 
-async def write_manifest(ingest: Ingest, upload: Upload, info: RequestInfo) -> str | None:
-    """Store the manifest beside the recording; return its key, or ``None`` if that failed (logged, counted)."""
-    key = manifest_key(upload.stored.key)
-    document = build_manifest(
-        upload,
-        info,
-        part_size=ingest.pool.part_size,
-        storage=ingest.manifest_sink.description,
-        completed_at=datetime.now(UTC),
-    )
-    data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
-    try:
-        if len(data) > ingest.pool.part_size:  # text fields are capped far below a part; never expected
-            raise ValueError(f"the manifest is {len(data)} bytes, more than one part")
-        tags = ingest.tags_for(upload.fields)
-        writer = await ingest.manifest_sink.open(key, content_type="application/json", metadata={}, tags=tags)
+def _no_count() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Manifests:
+    """Writes the manifests of one route.
+
+    ``sink`` is the route's own sink, not the metrics wrapper: a manifest is not a recording and must
+    not count as an upload.
+    """
+
+    sink: Sink
+    pool: BufferPool
+    on_failure: Callable[[], None] = _no_count  # the one count of manifests not written
+
+    async def write(self, upload: Upload, info: RequestInfo, tags: Mapping[str, str]) -> str | None:
+        """Store the manifest beside the recording; return its key, or ``None`` if that failed (logged, counted)."""
+        key = manifest_key(upload.stored.key)
+        document = build_manifest(
+            upload,
+            info,
+            part_size=self.pool.part_size,
+            storage=self.sink.description,
+            completed_at=datetime.now(UTC),
+        )
+        data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
         try:
-            part = await ingest.pool.acquire()
-            part.data[: len(data)] = data
-            part.length = len(data)
-            await writer.write(part, last=True)
-            await writer.complete(tags=tags)
-        except BaseException:
-            await writer.abort()
-            raise
-    except Exception as exc:
-        # The recording is stored: the client gets its success, the operator a log line and a count.
-        ingest.manifest_failures += 1
-        ingest.on_manifest_failure()
-        log.error("manifest_failed", key=key, recording=upload.stored.key, error=str(exc) or type(exc).__name__)
-        return None
-    return key
+            if len(data) > self.pool.part_size:  # text fields are capped far below a part; never expected
+                raise ValueError(f"the manifest is {len(data)} bytes, more than one part")
+            async with await self.sink.open(ObjectSpec(key, "application/json", tags=tags)) as writer:
+                part = await self.pool.acquire()
+                part.data[: len(data)] = data
+                part.length = len(data)
+                await writer.write(part, last=True)
+                await writer.complete(Completion(tags=tags))
+        except Exception as exc:
+            # The recording is stored: the client gets its success, the operator a log line and a count.
+            self.on_failure()
+            log.error("manifest_failed", key=key, recording=upload.stored.key, error=str(exc) or type(exc).__name__)
+            return None
+        return key

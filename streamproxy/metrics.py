@@ -8,7 +8,7 @@ so the sink's ``observe`` hook can add its retries to the upload that caused the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -19,20 +19,25 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .appkeys import METRICS
 from .connections import ConnectionStats
 from .parts import PartBuffer
 from .sinks import (
+    AS_OPENED,
+    Completion,
     HeaderPatching,
     HeadLast,
     HeadLastWriter,
+    ObjectSpec,
     PatchingWriter,
     Sink,
     Stored,
     SweepItem,
     Writer,
+    WriterBase,
 )
 
-__all__ = ["CURRENT_UPLOAD", "METRICS", "InstrumentedSink", "Metrics", "UploadStats", "metrics_endpoint"]
+__all__ = ["CURRENT_UPLOAD", "InstrumentedSink", "Metrics", "UploadStats", "metrics_endpoint"]
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _S3_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -153,9 +158,6 @@ class Metrics:
             self.upload_size.observe(size)
 
 
-METRICS = web.AppKey("metrics", Metrics)
-
-
 class _ConnectionCounters(Collector):
     """The guard's counts as counters, read at scrape time (the guard stays free of prometheus-client)."""
 
@@ -199,19 +201,12 @@ class InstrumentedSink:
         """Sweep the wrapped sink."""
         return await self._sink.sweep(older_than, dry_run=dry_run, now=now)
 
-    async def open(
-        self,
-        key: str | None,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str] | None = None,
-    ) -> Writer:
+    async def open(self, spec: ObjectSpec) -> Writer:
         """Open an upload on the wrapped sink and count what happens to it."""
-        writer = await self._sink.open(key, content_type=content_type, metadata=metadata, tags=tags)
+        writer = await self._sink.open(spec)
         stats = CURRENT_UPLOAD.get()
         if stats is not None:
-            stats.key = key
+            stats.key = spec.key
         # The audio stage asks for these optional capabilities by protocol: keep the inner writer's.
         if isinstance(writer, HeadLast):
             return _InstrumentedHeadLastWriter(writer, self._metrics)
@@ -220,7 +215,7 @@ class InstrumentedSink:
         return _InstrumentedWriter(writer, self._metrics)
 
 
-class _InstrumentedWriter:
+class _InstrumentedWriter(WriterBase):
     def __init__(self, writer: Writer, metrics: Metrics) -> None:
         self._writer = writer
         self._metrics = metrics
@@ -237,17 +232,11 @@ class _InstrumentedWriter:
         self._count(part.length)
         await self._writer.write(part, last=last)
 
-    async def complete(
-        self,
-        *,
-        key: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> Stored:
+    async def complete(self, done: Completion = AS_OPENED) -> Stored:
         if self._stats is not None:
-            self._stats.key = key or self._stats.key
+            self._stats.key = done.key or self._stats.key
         try:
-            stored = await self._writer.complete(key=key, metadata=metadata, tags=tags)
+            stored = await self._writer.complete(done)
         except BaseException:
             self._aborted()
             raise

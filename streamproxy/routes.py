@@ -18,11 +18,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Route, Settings, StorageURI, parse_bitrate, parse_duration
+from .config import Route, Settings, per_route_fields, toml_string
 from .errors import ConfigError
 
 __all__ = ["RESERVED_PATHS", "ROUTE_KEYS", "Route", "load_routes", "resolve_routes", "route_settings"]
@@ -32,86 +32,24 @@ RESERVED_PATHS = (DEFAULT_PATH, "/healthz", "/readyz", "/metrics", "/openapi.jso
 _PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError("a string")
-    return value
+def _route_keys() -> dict[str, tuple[str, Callable[[object], Any]]]:
+    keys: dict[str, tuple[str, Callable[[object], Any]]] = {"path": ("", toml_string)}
+    for settings_field, how in per_route_fields():
+        for key in (how.key, *how.aliases):
+            keys[key] = (settings_field.name, how.convert)
+    return keys
 
 
-def _strings(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise TypeError("a list of strings")
-    return tuple(value)
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError("true or false")
-    return value
-
-
-def _integer(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError("an integer")
-    return value
-
-
-def _seconds(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return round(parse_duration(value))
-    raise TypeError("seconds or a duration like '24h'")
-
-
-def _bitrate(value: object) -> int:
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        return parse_bitrate(value)
-    raise TypeError("bits per second, like 24000 or '24k'")
-
-
-def _tags(value: object) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise TypeError('a table of strings, like { team = "ivr" }')
-    return tuple(value.items())
-
-
-# TOML key -> (Settings field, converter). Keys are the flag names without "--".
-ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = {
-    "path": ("", _string),
-    "auth-tokens": ("auth_tokens", _strings),
-    "auth-token-file": ("auth_token_file", _string),
-    "allow-query-token": ("allow_query_token", _boolean),
-    "storage": ("storage", lambda v: StorageURI.parse(_string(v))),
-    "key-template": ("key_template", _string),
-    "url-mode": ("url_mode", _string),
-    "presign-expires": ("presign_expires", _seconds),
-    "sse": ("sse", _string),
-    "sse-kms-key-id": ("sse_kms_key_id", _string),
-    "storage-class": ("storage_class", _string),
-    "object-lock-mode": ("object_lock_mode", _string),
-    "object-lock-days": ("object_lock_days", _integer),
-    "object-lock-legal-hold": ("object_lock_legal_hold", _boolean),
-    "tags": ("tags", _tags),
-    "tag-fields": ("tag_fields", _strings),
-    "manifest": ("manifest", _boolean),
-    "require-audio": ("require_audio", _boolean),
-    "require-wav": ("require_audio", _boolean),  # the old name, kept as an alias
-    "raw-audio": ("raw_audio", _string),
-    "store-format": ("store_format", _string),
-    "audio-bitrate": ("audio_bitrate", _bitrate),
-    "overwrite": ("overwrite", _boolean),
-    # --notify-url/-sqs/-sns per route; the secret, timeouts and backoff are the process's
-    "notify-urls": ("notify_url", _strings),
-    "notify-sqs": ("notify_sqs", _strings),
-    "notify-sns": ("notify_sns", _strings),
-}
+# TOML key -> (Settings field, converter), derived from the ``per_route`` metadata of the Settings
+# fields (config.py). Keys are the flag names without "--"; "require-wav" is the old name of
+# "require-audio", "notify-urls" sets --notify-url.
+ROUTE_KEYS: dict[str, tuple[str, Callable[[object], Any]]] = _route_keys()
 # What a route does not set falls back to the built-in default of its Settings field, never to the
 # default route's flags. (``storage`` is required in every table, so it has no fallback.)
 _PER_ROUTE_DEFAULTS: dict[str, Any] = {
     f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]  # MISSING excluded above
-    for f in fields(Settings)
-    if f.name in {name for name, _ in ROUTE_KEYS.values()} - {"", "storage"}
+    for f, _ in per_route_fields()
+    if f.name != "storage"
 }
 
 

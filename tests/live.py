@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from streamproxy.app import SINK, make_app
+from streamproxy.app import make_app
+from streamproxy.appkeys import SINK
 from streamproxy.config import Settings
 from streamproxy.sinks import Sink
 

@@ -17,7 +17,7 @@ from streamproxy.audio.formats import Hints, Plan
 from streamproxy.audio.stream import AudioPolicy, AudioStream, Outcome
 from streamproxy.errors import PayloadTooLarge, UnsupportedMediaType
 from streamproxy.parts import BufferPool
-from streamproxy.sinks import Stored, Writer
+from streamproxy.sinks import Completion, ObjectSpec, Stored, Writer
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.wav import G711_HEADER_SIZE, PCM16_HEADER_SIZE, g711_header
@@ -32,7 +32,7 @@ def _sha(data: bytes) -> str:
 
 def _opener(sink: MemorySink | FileSink, key: str = "k") -> Callable[[Plan], Awaitable[Writer]]:
     async def open_writer(chosen: Plan) -> Writer:
-        return await sink.open(key + chosen.ext, content_type=chosen.content_type, metadata={})
+        return await sink.open(ObjectSpec(key + chosen.ext, chosen.content_type))
 
     return open_writer
 
@@ -66,7 +66,7 @@ async def _run(
         raise
     assert stream.writer is not None
     stored = await stream.writer.complete(
-        metadata={"sha256": outcome.stored_sha256 or "", "size": str(outcome.stored_size)}
+        Completion(metadata={"sha256": outcome.stored_sha256 or "", "size": str(outcome.stored_size)})
     )
     return outcome, stored
 
@@ -102,7 +102,7 @@ async def test_part_order_and_sizes_on_the_held_path() -> None:
     writers: list[object] = []
 
     async def open_writer(chosen: Plan) -> Writer:
-        writer = await sink.open("k" + chosen.ext, content_type=chosen.content_type, metadata={})
+        writer = await sink.open(ObjectSpec("k" + chosen.ext, chosen.content_type))
         writers.append(writer)
         return writer
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamproxy.app import POOL
+from streamproxy.appkeys import POOL
 from tests.helpers import PART, form, incomplete_uploads, multipart_body, objects, payload, s3_settings, sha256
 
 DATA = payload(3 * PART + 1234, seed=3)  # four parts: the last one short

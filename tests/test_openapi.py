@@ -22,9 +22,10 @@ from referencing.jsonschema import DRAFT202012
 import streamproxy
 from streamproxy import __version__
 from streamproxy.app import make_app
+from streamproxy.appkeys import ADMISSION
 from streamproxy.config import Settings, StorageURI
 from streamproxy.errors import StorageFailed, StorageTimeout, StorageUnavailable, StreamproxyError
-from streamproxy.lifecycle import ADMISSION
+from streamproxy.sinks import ObjectSpec
 from streamproxy.sinks.memory import MemorySink, MemoryWriter
 from tests.helpers import PART, form, multipart_body, s3_settings
 
@@ -66,14 +67,7 @@ class FailingSink(MemorySink):
         super().__init__()
         self.error = error
 
-    async def open(
-        self,
-        key: str | None,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str] | None = None,
-    ) -> MemoryWriter:
+    async def open(self, spec: ObjectSpec) -> MemoryWriter:
         raise self.error
 
 

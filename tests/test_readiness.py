@@ -7,7 +7,8 @@ import shutil
 import time
 
 from streamproxy.app import make_app
-from streamproxy.lifecycle import ADMISSION, Admission, Readiness
+from streamproxy.appkeys import ADMISSION
+from streamproxy.lifecycle import Admission, Readiness
 from streamproxy.sinks.memory import MemorySink
 from tests.helpers import fs_settings, s3_settings
 from tests.servers import free_port

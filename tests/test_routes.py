@@ -11,6 +11,7 @@ import pytest
 
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError, Settings
+from streamproxy.routes import ROUTE_KEYS
 from tests.helpers import PART, form, objects, payload, sha256
 from tests.servers import config_error
 
@@ -230,3 +231,40 @@ async def test_a_token_of_one_route_opens_no_other(client_for, moto_endpoint, bu
             else:
                 assert resp.status == 401 and body["error"] == "unauthorized", (path, token, body)
     assert set(objects(s3, bucket)) == {"default/call.wav", "acme/call.wav", "globex/call.wav"}
+
+
+def test_route_keys_derived_from_the_settings_fields_are_the_documented_ones() -> None:
+    """The [[route]] keys come from Settings metadata now; each still sets the same field as before."""
+    assert {key: name for key, (name, _) in ROUTE_KEYS.items()} == {
+        "path": "",
+        "auth-tokens": "auth_tokens",
+        "auth-token-file": "auth_token_file",
+        "allow-query-token": "allow_query_token",
+        "storage": "storage",
+        "key-template": "key_template",
+        "url-mode": "url_mode",
+        "presign-expires": "presign_expires",
+        "sse": "sse",
+        "sse-kms-key-id": "sse_kms_key_id",
+        "storage-class": "storage_class",
+        "object-lock-mode": "object_lock_mode",
+        "object-lock-days": "object_lock_days",
+        "object-lock-legal-hold": "object_lock_legal_hold",
+        "tags": "tags",
+        "tag-fields": "tag_fields",
+        "manifest": "manifest",
+        "require-audio": "require_audio",
+        "require-wav": "require_audio",
+        "raw-audio": "raw_audio",
+        "store-format": "store_format",
+        "audio-bitrate": "audio_bitrate",
+        "overwrite": "overwrite",
+        "notify-urls": "notify_url",
+        "notify-sqs": "notify_sqs",
+        "notify-sns": "notify_sns",
+    }
+    convert = {key: converter for key, (_, converter) in ROUTE_KEYS.items()}
+    assert convert["presign-expires"]("2h") == 7200 and convert["audio-bitrate"]("24k") == 24000
+    assert convert["tags"]({"team": "ivr"}) == (("team", "ivr"),)
+    with pytest.raises(TypeError, match="an integer"):
+        convert["object-lock-days"](True)

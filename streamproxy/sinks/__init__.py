@@ -8,8 +8,12 @@ part was stored or not). Every writer ends in exactly one of:
 * ``abort()``: nothing of the upload remains. Idempotent, safe after any partial failure, and
   also what ``complete()`` does itself before it raises.
 
-A writer opened with ``key=None`` does not know its name yet (the multipart form sent the file
-before the ``filename`` field); it stages the bytes and ``complete(key=...)`` moves them.
+What an upload is to become travels as two parameter objects, as tusd's ``FileInfo`` does, so
+wrappers (the metrics sink) forward one value and a new field touches no signature:
+``open(ObjectSpec(key, content_type, metadata, tags))`` and ``complete(Completion(key, metadata, tags))``
+(``complete()`` alone: as opened). A writer opened with ``key=None`` does not know its name yet (the
+multipart form sent the file before the ``filename`` field); it stages the bytes and
+``complete(Completion(key=...))`` moves them.
 
 Some stored recordings begin with a header whose content is known only at the end (a WAV header
 in front of headerless G.711). A writer supports that in one of two ways, declared as protocols:
@@ -24,18 +28,23 @@ Sinks raise only ``streamproxy.errors`` exceptions and never import aiohttp's we
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from ..checksums import Checksum
+from ..errors import BadRequest
 from ..parts import PartBuffer
 
 __all__ = [
+    "AS_OPENED",
+    "Completion",
     "HeadLast",
     "HeadLastWriter",
     "HeaderPatching",
+    "ObjectSpec",
+    "Observable",
     "PatchingWriter",
     "Sink",
     "Stored",
@@ -43,6 +52,55 @@ __all__ = [
     "Writer",
     "WriterBase",
 ]
+
+
+def _own_mappings(spec: ObjectSpec | Completion) -> None:
+    """Copy the caller's metadata and tags: a writer keeps them until ``complete``, the caller may reuse its dicts."""
+    object.__setattr__(spec, "metadata", dict(spec.metadata))
+    object.__setattr__(spec, "tags", dict(spec.tags))
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """What ``Sink.open`` starts: the object's key (``None``: named at ``complete``), type, metadata, tags.
+
+    ``tags`` are the object tags known at open, for stores that have them (S3); ``complete`` may add more.
+    """
+
+    key: str | None
+    content_type: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _own_mappings(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What ``Writer.complete`` adds to the ``ObjectSpec``: the key if it came late, more metadata and tags.
+
+    Metadata known only at the end (the sha256, the size) joins the metadata given at open.
+    ``tags`` are the object's whole tag set, for stores that have tags (others ignore them);
+    ``ObjectSpec.tags`` only start an upload that must be created with its tags (S3 multipart).
+    """
+
+    key: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _own_mappings(self)
+
+    def key_for(self, spec: ObjectSpec) -> str:
+        """Return the final key: the one given now, else the one given at open; ``BadRequest`` if neither."""
+        key = self.key or spec.key
+        if key is None:
+            raise BadRequest("no key for the upload", code="missing_field")
+        return key
+
+
+AS_OPENED = Completion()  # ``complete()``'s default: the key, metadata and tags given at open
 
 
 @dataclass(frozen=True)
@@ -80,20 +138,19 @@ class Writer(Protocol):
         while it waits for more (see ``streamproxy.parts`` on why the budget cannot deadlock).
         """
 
-    async def complete(
-        self,
-        *,
-        key: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> Stored:
-        """Make the object appear whole, or abort and raise.
-
-        ``tags`` are object tags for stores that have them (S3); others ignore them.
-        """
+    async def complete(self, done: Completion = AS_OPENED) -> Stored:
+        """Make the object appear whole under ``done.key_for(spec)``, or abort and raise."""
 
     async def abort(self) -> None:
         """Remove every trace of this upload. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        """Use the writer as ``async with``: see ``WriterBase``, which every writer derives from."""
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Abort the upload unless ``complete()`` finished it."""
 
 
 @runtime_checkable
@@ -116,6 +173,14 @@ class HeadLast(Protocol):
 
         ``complete`` then reads back what follows part 1 to hash the stored bytes.
         """
+
+
+@runtime_checkable
+class Observable(Protocol):
+    """A sink that reports every call it makes to its store (the S3 sink), for the metrics."""
+
+    observe: Callable[[str, float, int], None]
+    """Called after each call with its operation, its duration in seconds and its retries."""
 
 
 class HeadLastWriter(Writer, HeadLast, Protocol):
@@ -154,18 +219,8 @@ class Sink(Protocol):
     async def start(self) -> None:
         """Acquire long-lived resources (the S3 client and its connection pool)."""
 
-    async def open(
-        self,
-        key: str | None,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str] | None = None,
-    ) -> Writer:
-        """Start an upload to ``key`` (``None``: the name comes at ``complete``).
-
-        ``tags`` are the object tags known so far; ``complete`` may add more.
-        """
+    async def open(self, spec: ObjectSpec) -> Writer:
+        """Start an upload to ``spec.key`` (``None``: the name comes at ``complete``)."""
 
     async def close(self) -> None:
         """Release connections and other resources."""

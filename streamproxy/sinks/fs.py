@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import BadRequest, KeyExists, StorageError, StorageFailed
 from ..parts import PartBuffer
-from . import Stored, SweepItem
+from . import AS_OPENED, Completion, ObjectSpec, Stored, SweepItem, WriterBase
 from .outbox import OUTBOX_DIR, check_name
 
 __all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "FileOutbox", "FileSink", "FileWriter"]
@@ -71,16 +71,9 @@ class FileSink:
             raise BadRequest(f"the key {key!r} would leave the storage directory", code="invalid_key")
         return path
 
-    async def open(
-        self,
-        key: str | None,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str] | None = None,
-    ) -> FileWriter:
+    async def open(self, spec: ObjectSpec) -> FileWriter:
         """Create the temporary file next to where the recording will land."""
-        directory = self.path_for(key).parent if key is not None else self.root
+        directory = self.path_for(spec.key).parent if spec.key is not None else self.root
         temp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
         def create() -> int:
@@ -91,7 +84,7 @@ class FileSink:
             fd = await asyncio.to_thread(create)
         except OSError as exc:
             raise _storage_error(f"create a file in {directory}", exc) from None
-        return FileWriter(self, key, temp, fd, {"mime_type": content_type, **metadata})
+        return FileWriter(self, spec, temp, fd)
 
     async def probe(self) -> None:
         """Check that the root directory exists and is writable (a stat and an access check, no write)."""
@@ -129,15 +122,14 @@ class FileSink:
         return found
 
 
-class FileWriter:
+class FileWriter(WriterBase):
     """Writes parts to the temporary file, one write in flight while the next part fills."""
 
-    def __init__(self, sink: FileSink, key: str | None, temp: Path, fd: int, metadata: Mapping[str, str]) -> None:
+    def __init__(self, sink: FileSink, spec: ObjectSpec, temp: Path, fd: int) -> None:
         self._sink = sink
-        self._key = key
+        self._spec = spec
         self._temp = temp
         self._fd: int | None = fd
-        self._metadata = dict(metadata)
         self._pending: asyncio.Task[None] | None = None
         self._parts = 0
         self._patched = False
@@ -188,21 +180,13 @@ class FileWriter:
             except OSError as exc:
                 raise _storage_error("write the recording", exc) from None
 
-    async def complete(
-        self,
-        *,
-        key: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> Stored:
+    async def complete(self, done: Completion = AS_OPENED) -> Stored:
         """Flush, fsync and link the file into place; abort and raise on any failure (files have no tags)."""
-        key = key or self._key
         try:
-            if key is None:
-                raise BadRequest("no key for the upload", code="missing_field")
+            key = done.key_for(self._spec)
             target = self._sink.path_for(key)
             await self._wait_pending()
-            merged = {**self._metadata, **(metadata or {})}
+            merged = {"mime_type": self._spec.content_type, **self._spec.metadata, **done.metadata}
             digest = await asyncio.to_thread(self._hash_file) if self._patched else None
             if digest is not None:
                 merged["sha256"] = digest

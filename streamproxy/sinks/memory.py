@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import BadRequest, KeyExists, StorageUnavailable
+from ..errors import KeyExists, StorageUnavailable
 from ..parts import PartBuffer
-from . import Stored, SweepItem
+from . import AS_OPENED, Completion, ObjectSpec, Stored, SweepItem, WriterBase
 from .outbox import check_name
 
 __all__ = ["MemoryObject", "MemoryOutbox", "MemorySink", "MemoryWriter"]
@@ -56,26 +55,17 @@ class MemorySink:
         """Nothing outlives an upload here: unfinished uploads were never in ``objects``."""
         return []
 
-    async def open(
-        self,
-        key: str | None,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str] | None = None,
-    ) -> MemoryWriter:
+    async def open(self, spec: ObjectSpec) -> MemoryWriter:
         """Start an upload."""
-        return MemoryWriter(self, key, content_type, dict(metadata))
+        return MemoryWriter(self, spec)
 
 
-class MemoryWriter:
+class MemoryWriter(WriterBase):
     """Collects parts; the object appears in the sink only on ``complete``."""
 
-    def __init__(self, sink: MemorySink, key: str | None, content_type: str, metadata: dict[str, str]) -> None:
+    def __init__(self, sink: MemorySink, spec: ObjectSpec) -> None:
         self._sink = sink
-        self._key = key
-        self._content_type = content_type
-        self._metadata = metadata
+        self._spec = spec
         self._chunks: list[bytes] = []
         self._done = False
         self._head_deferred = False
@@ -102,28 +92,22 @@ class MemoryWriter:
         finally:
             part.release()
 
-    async def complete(
-        self,
-        *,
-        key: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> Stored:
+    async def complete(self, done: Completion = AS_OPENED) -> Stored:
         """Store the object under its key, refusing to replace one unless overwriting."""
-        key = key or self._key
-        if key is None:
+        try:
+            key = done.key_for(self._spec)
+            if key in self._sink.objects and not self._sink.overwrite:
+                raise KeyExists(f"{key!r} already exists")
+        except BaseException:
             await self.abort()
-            raise BadRequest("no key for the upload", code="missing_field")
-        if key in self._sink.objects and not self._sink.overwrite:
-            await self.abort()
-            raise KeyExists(f"{key!r} already exists")
+            raise
         data = b"".join(self._chunks if self._head is None else [self._head, *self._chunks])
-        meta = {**self._metadata, **(metadata or {})}
+        meta = {**self._spec.metadata, **done.metadata}
         digest = None
         if self._head is not None:  # what S3 does by reading the object back
             digest = hashlib.sha256(data).hexdigest()
             meta["sha256"] = digest
-        self._sink.objects[key] = MemoryObject(data, self._content_type, meta, dict(tags or {}))
+        self._sink.objects[key] = MemoryObject(data, self._spec.content_type, meta, dict(done.tags))
         self._chunks = []
         self._done = True
         return Stored(key=key, url=f"memory:///{key}", parts=1, sha256=digest)

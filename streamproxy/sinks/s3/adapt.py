@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .capabilities import AUTO_ORDER, Capabilities
+from .capabilities import AUTO_ORDER, AWS_DOCUMENTED, Capabilities
 
 __all__ = [
     "BEST_EFFORT",
@@ -122,17 +122,7 @@ def strategy(
     capabilities: Capabilities | None, *, overwrite: bool, checksum: str, endpoint_url: str | None
 ) -> Strategy:
     """Decide how uploads go on this store; ``capabilities=None`` assumes everything S3 documents."""
-    caps = capabilities or Capabilities(
-        conditional_put=True,
-        conditional_complete=True,
-        checksums=frozenset(AUTO_ORDER) | {"sha256"},
-        tagging=True,
-        upload_part_copy=True,
-        list_multipart_uploads=True,
-        abort_multipart=True,
-        head_bucket=True,
-        probed=False,
-    )
+    caps = capabilities or AWS_DOCUMENTED
     return Strategy(
         checksum=resolve_checksum(checksum, capabilities, endpoint_url),
         conditional_put=caps.conditional_put and not overwrite,

@@ -6,9 +6,10 @@ writer, which adapts its strategy to it (see docs/storage-compatibility.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["AUTO_ORDER", "CHECKSUM_MODES", "Capabilities"]
+__all__ = ["AUTO_ORDER", "AWS_DOCUMENTED", "CHECKSUM_MODES", "FLAGS", "Capabilities"]
 
 # Part-checksum modes a store can be probed for. "crc64nvme" is the full-object CRC64NVME
 # (x-amz-checksum-type: FULL_OBJECT); "crc32", "crc32c" and "sha256" are composite (per part).
@@ -37,3 +38,41 @@ class Capabilities:
     # --checksum outside this set is refused at start; one inside it but outside `checksums` works
     # without protection.
     accepted_checksums: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_flags(
+        cls,
+        flags: Mapping[str, bool],
+        *,
+        checksums: frozenset[str],
+        accepted_checksums: frozenset[str],
+        probed: bool,
+    ) -> Capabilities:
+        """Build from one value per name in ``FLAGS`` (probed, pinned or assumed); ``KeyError`` if one is missing."""
+        return cls(
+            **{name: flags[name] for name in FLAGS},
+            checksums=checksums,
+            accepted_checksums=accepted_checksums,
+            probed=probed,
+        )
+
+
+# The yes/no features of ``Capabilities``, in the order ``check`` shows them.
+FLAGS = (
+    "conditional_put",
+    "conditional_complete",
+    "tagging",
+    "upload_part_copy",
+    "list_multipart_uploads",
+    "abort_multipart",
+    "head_bucket",
+)
+
+# What AWS S3 documents (docs/storage-compatibility.md): every feature, every checksum verified.
+# Also what the writer assumes of a store it has no capabilities for.
+AWS_DOCUMENTED = Capabilities.from_flags(
+    dict.fromkeys(FLAGS, True),
+    checksums=frozenset(CHECKSUM_MODES),
+    accepted_checksums=frozenset(CHECKSUM_MODES),
+    probed=False,
+)

@@ -12,39 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .capabilities import CHECKSUM_MODES, Capabilities
+from .capabilities import AWS_DOCUMENTED, CHECKSUM_MODES, FLAGS, Capabilities
 
 __all__ = ["AWS_DOCUMENTED", "capabilities_from_json", "capabilities_to_json", "load_pin"]
 
-# What AWS S3 documents (docs/storage-compatibility.md): every feature, every checksum verified.
-AWS_DOCUMENTED = Capabilities(
-    conditional_put=True,
-    conditional_complete=True,
-    checksums=frozenset(CHECKSUM_MODES),
-    tagging=True,
-    upload_part_copy=True,
-    list_multipart_uploads=True,
-    abort_multipart=True,
-    head_bucket=True,
-    probed=False,
-    accepted_checksums=frozenset(CHECKSUM_MODES),
-)
-
-_FLAGS = (
-    "conditional_put",
-    "conditional_complete",
-    "tagging",
-    "upload_part_copy",
-    "list_multipart_uploads",
-    "abort_multipart",
-    "head_bucket",
-)
 _SETS = ("checksums", "accepted_checksums")
 
 
 def capabilities_to_json(capabilities: Capabilities) -> dict[str, Any]:
     """Return the JSON form of ``capabilities`` that ``capabilities_from_json`` reads back (for pinning)."""
-    out: dict[str, Any] = {name: getattr(capabilities, name) for name in _FLAGS}
+    out: dict[str, Any] = {name: getattr(capabilities, name) for name in FLAGS}
     out.update({name: sorted(getattr(capabilities, name)) for name in _SETS})
     return out
 
@@ -57,13 +34,13 @@ def capabilities_from_json(data: Any) -> Capabilities:
     """
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
-    unknown = sorted(set(data) - set(_FLAGS) - set(_SETS))
+    unknown = sorted(set(data) - set(FLAGS) - set(_SETS))
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-    missing = [name for name in (*_FLAGS, "checksums") if name not in data]
+    missing = [name for name in (*FLAGS, "checksums") if name not in data]
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
-    for name in _FLAGS:
+    for name in FLAGS:
         if not isinstance(data[name], bool):
             raise ValueError(f"{name} must be true or false")
     sets: dict[str, frozenset[str]] = {}
@@ -74,11 +51,8 @@ def capabilities_from_json(data: Any) -> Capabilities:
         sets[name] = frozenset(value)
     if not sets["checksums"] <= sets["accepted_checksums"]:
         raise ValueError("checksums (verified) must be a subset of accepted_checksums")
-    return Capabilities(
-        **{name: data[name] for name in _FLAGS},
-        checksums=sets["checksums"],
-        accepted_checksums=sets["accepted_checksums"],
-        probed=False,
+    return Capabilities.from_flags(
+        data, checksums=sets["checksums"], accepted_checksums=sets["accepted_checksums"], probed=False
     )
 
 

@@ -189,14 +189,36 @@ class _Probe:
 
     # --- one method per capability; each records its evidence and returns the flag -------------
 
-    async def head_bucket(self) -> bool:
+    async def works(self, name: str, attempt: Awaitable[Any]) -> bool:
+        """Run the call that exercises feature ``name``: present if the store does it, absent if it refuses."""
         try:
-            await self.call("HeadBucket")
+            await attempt
         except ClientError as exc:
-            self.evidence["head_bucket"] = f"refused: {_describe(exc)}"
+            self.evidence[name] = f"refused: {_describe(exc)}"
             return False
-        self.evidence["head_bucket"] = "works"
+        self.evidence[name] = "works"
         return True
+
+    async def honours_if_none_match(self, name: str, fresh: str, write: Callable[[str], Awaitable[Any]]) -> bool:
+        """``write(name)`` sends If-None-Match: *; it must store ``fresh`` and answer 412 on ``existing``."""
+        try:
+            await write(fresh)
+        except ClientError as exc:
+            self.evidence[name] = f"refused on a new key: {_describe(exc)}"
+            return False
+        try:
+            await write("existing")
+        except ClientError as exc:
+            if _is_precondition_failed(exc):
+                self.evidence[name] = "412 on an existing key"
+                return True
+            self.evidence[name] = f"unexpected answer on an existing key: {_describe(exc)}"
+            return False
+        self.evidence[name] = "ignored: an existing key was replaced"
+        return False
+
+    async def head_bucket(self) -> bool:
+        return await self.works("head_bucket", self.call("HeadBucket"))
 
     async def conditional_put(self) -> bool:
         # The first write must work at all; anything else is a configuration problem.
@@ -204,38 +226,16 @@ class _Probe:
             await self.put("existing")
         except Exception as exc:
             raise ProbeError("PutObject", exc) from exc
-        try:
-            await self.put("fresh", IfNoneMatch="*")
-        except ClientError as exc:
-            self.evidence["conditional_put"] = f"refused on a new key: {_describe(exc)}"
-            return False
-        try:
-            await self.put("existing", IfNoneMatch="*")
-        except ClientError as exc:
-            if _is_precondition_failed(exc):
-                self.evidence["conditional_put"] = "412 on an existing key"
-                return True
-            self.evidence["conditional_put"] = f"unexpected answer on an existing key: {_describe(exc)}"
-            return False
-        self.evidence["conditional_put"] = "ignored: an existing key was replaced"
-        return False
+        return await self.honours_if_none_match(
+            "conditional_put", "fresh", lambda name: self.put(name, IfNoneMatch="*")
+        )
 
     async def conditional_complete(self) -> bool:
-        try:
-            await self.multipart("fresh-multipart", complete={"IfNoneMatch": "*"})
-        except ClientError as exc:
-            self.evidence["conditional_complete"] = f"refused on a new key: {_describe(exc)}"
-            return False
-        try:
-            await self.multipart("existing", complete={"IfNoneMatch": "*"})
-        except ClientError as exc:
-            if _is_precondition_failed(exc):
-                self.evidence["conditional_complete"] = "412 on an existing key"
-                return True
-            self.evidence["conditional_complete"] = f"unexpected answer on an existing key: {_describe(exc)}"
-            return False
-        self.evidence["conditional_complete"] = "ignored: an existing key was replaced"
-        return False
+        return await self.honours_if_none_match(
+            "conditional_complete",
+            "fresh-multipart",
+            lambda name: self.multipart(name, complete={"IfNoneMatch": "*"}),
+        )
 
     async def checksum(self, mode: str) -> bool:
         create: dict[str, Any] = {}
@@ -249,43 +249,26 @@ class _Probe:
         elif mode != "md5":  # composite: each part's value is listed in the completion
             create = {"ChecksumAlgorithm": mode.upper()}
             entry = part
-        try:
-            await self.multipart(
-                f"checksum-{mode}",
-                create=create,
-                part=part,
-                complete=complete,
-                entry=entry,
-                wrong=_part_checksum(mode, _OTHER),
-            )
-        except ClientError as exc:
-            self.evidence[f"checksum_{mode}"] = f"refused: {_describe(exc)}"
+        upload = self.multipart(
+            f"checksum-{mode}",
+            create=create,
+            part=part,
+            complete=complete,
+            entry=entry,
+            wrong=_part_checksum(mode, _OTHER),
+        )
+        if not await self.works(f"checksum_{mode}", upload):
             return False
         verified = mode in self.verified
         self.evidence[f"checksum_{mode}"] = "verified" if verified else "accepted, but a wrong value was not refused"
         return True
 
     async def tagging(self) -> bool:
-        try:
-            await self.call(
-                "PutObjectTagging",
-                Key=self.key("existing"),
-                Tagging={"TagSet": [{"Key": "streamproxy-probe", "Value": "1"}]},
-            )
-        except ClientError as exc:
-            self.evidence["tagging"] = f"refused: {_describe(exc)}"
-            return False
-        self.evidence["tagging"] = "works"
-        return True
+        tag_set = {"TagSet": [{"Key": "streamproxy-probe", "Value": "1"}]}
+        return await self.works("tagging", self.call("PutObjectTagging", Key=self.key("existing"), Tagging=tag_set))
 
     async def upload_part_copy(self) -> bool:
-        try:
-            await self.multipart("copied", copy_from=self.key("existing"))
-        except ClientError as exc:
-            self.evidence["upload_part_copy"] = f"refused: {_describe(exc)}"
-            return False
-        self.evidence["upload_part_copy"] = "works"
-        return True
+        return await self.works("upload_part_copy", self.multipart("copied", copy_from=self.key("existing")))
 
     async def uploads_listing_and_abort(self) -> tuple[bool, bool]:
         key = self.key("aborted")
@@ -349,13 +332,15 @@ async def probe(client: Any, bucket: str, prefix: str) -> ProbeReport:
     """Probe the store behind ``client`` under ``prefix`` in ``bucket``; remove what the probe wrote."""
     p = _Probe(client, bucket, prefix)
     try:
-        head_bucket = await p.head_bucket()
-        conditional_put = await p.conditional_put()
-        conditional_complete = await p.conditional_complete()
+        flags = {
+            "head_bucket": await p.head_bucket(),
+            "conditional_put": await p.conditional_put(),
+            "conditional_complete": await p.conditional_complete(),
+        }
         checksums = await asyncio.gather(*(p.checksum(mode) for mode in CHECKSUM_MODES))
-        tagging = await p.tagging()
-        upload_part_copy = await p.upload_part_copy()
-        list_multipart_uploads, abort_multipart = await p.uploads_listing_and_abort()
+        flags["tagging"] = await p.tagging()
+        flags["upload_part_copy"] = await p.upload_part_copy()
+        flags["list_multipart_uploads"], flags["abort_multipart"] = await p.uploads_listing_and_abort()
     except ProbeError:
         await p.cleanup()
         raise
@@ -364,17 +349,12 @@ async def probe(client: Any, bucket: str, prefix: str) -> ProbeReport:
         raise ProbeError("probe", exc) from exc
     leftovers = await p.cleanup()
     accepted = frozenset(mode for mode, ok in zip(CHECKSUM_MODES, checksums, strict=True) if ok)
-    capabilities = Capabilities(
-        conditional_put=conditional_put,
-        conditional_complete=conditional_complete,
+    capabilities = Capabilities.from_flags(
+        flags,
         # a store that refuses the header outright also refused the wrong value: that is not verification
         checksums=accepted & p.verified,
-        tagging=tagging,
-        upload_part_copy=upload_part_copy,
-        list_multipart_uploads=list_multipart_uploads,
-        abort_multipart=abort_multipart,
-        head_bucket=head_bucket,
         accepted_checksums=accepted,
+        probed=True,
     )
     return ProbeReport(capabilities, p.evidence, leftovers)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from ...errors import ConfigError
-from .. import SweepItem
+from .. import ObjectSpec, SweepItem
 from .adapt import STORE_ENFORCED, Strategy, protection_gaps, strategy
 from .admin import S3Admin
 from .capabilities import Capabilities
@@ -152,16 +152,9 @@ class S3Sink:
         """Return the URL the answer carries for ``key``, as ``url_mode`` asks."""
         return await self.client.url_for(key)
 
-    async def open(
-        self,
-        key: str | None,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str] | None = None,
-    ) -> S3Writer:
+    async def open(self, spec: ObjectSpec) -> S3Writer:
         """Start an upload; nothing is sent to S3 until the first part is full or the upload completes."""
-        return S3Writer(self.client, key, content_type, metadata, tags or {}, strategy=self._strategy)
+        return S3Writer(self.client, spec, strategy=self._strategy)
 
     def outbox_store(self) -> S3Outbox:
         """Return the notification outbox under ``<prefix>.streamproxy-outbox/`` (``OutboxCapable``)."""

@@ -40,10 +40,10 @@ from typing import Any
 import structlog
 
 from ...checksums import Checksum, ObjectChecksum
-from ...errors import BadRequest, KeyExists, StorageError, StorageFailed
+from ...errors import KeyExists, StorageError, StorageFailed
 from ...parts import BufferPool, PartBuffer
 from ...tags import merge_tags
-from .. import Stored, WriterBase
+from .. import AS_OPENED, Completion, ObjectSpec, Stored, WriterBase
 from .adapt import COPY_OBJECT_LIMIT, SIDECAR_SUFFIX, Strategy
 from .checksums import part_args
 from .client import UPLOAD_ID_META, S3Client, map_error
@@ -65,10 +65,7 @@ class S3Writer(WriterBase):
     def __init__(
         self,
         client: S3Client,
-        key: str | None,
-        content_type: str,
-        metadata: Mapping[str, str],
-        tags: Mapping[str, str],
+        spec: ObjectSpec,
         *,
         strategy: Strategy,
     ) -> None:
@@ -76,12 +73,10 @@ class S3Writer(WriterBase):
         self._o = client.options
         self._strategy = strategy
         self._token = uuid.uuid4().hex
-        self._final_key = key
-        self._staged = key is None
-        self._key = key if key is not None else f"{self._o.prefix}{STAGING_DIR}{self._token}"
-        self._content_type = content_type
-        self._metadata = {**metadata, UPLOAD_ID_META: self._token}
-        self._early_tags = dict(tags)  # tags known at open: a direct multipart upload starts with them
+        self._spec = spec
+        self._staged = spec.key is None
+        self._key = spec.key if spec.key is not None else f"{self._o.prefix}{STAGING_DIR}{self._token}"
+        self._metadata = {**spec.metadata, UPLOAD_ID_META: self._token}
         self._single: PartBuffer | None = None
         self._pool: BufferPool | None = None  # the budget the parts came from (to stream a staged object back)
         self._upload: MultipartUpload | None = None  # the direct upload, or the staging object's
@@ -145,9 +140,9 @@ class S3Writer(WriterBase):
                 # upload, and abort() must wait for its id to abort it instead of leaving it open.
                 self._creating = asyncio.ensure_future(
                     upload.create(
-                        ContentType=self._content_type,
+                        ContentType=self._spec.content_type,
                         Metadata=self._metadata,
-                        **(self._o.encryption_args() if self._staged else self._o.object_args(self._early_tags)),
+                        **(self._o.encryption_args() if self._staged else self._o.object_args(self._spec.tags)),
                     )
                 )
                 self._upload = upload
@@ -157,25 +152,17 @@ class S3Writer(WriterBase):
                 raise
         await self._upload.part(part)
 
-    async def complete(
-        self,
-        *,
-        key: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> Stored:
+    async def complete(self, done: Completion = AS_OPENED) -> Stored:
         """Finish the upload (single PUT, multipart complete, or staged copy); abort and raise on failure.
 
-        ``tags`` are added to the configured ones; after a direct multipart upload, whose
-        metadata was fixed at its start, ``metadata`` joins them as tags too (or the sidecar).
+        ``done.tags`` are added to the configured ones; after a direct multipart upload, whose
+        metadata was fixed at its start, ``done.metadata`` joins them as tags too (or the sidecar).
         """
-        final_key = key or self._final_key
-        extra = dict(metadata or {})
-        request_tags = dict(tags or {})
+        extra = dict(done.metadata)
+        request_tags = done.tags
         digest: str | None = None
         try:
-            if final_key is None:
-                raise BadRequest("no key for the upload", code="missing_field")
+            final_key = done.key_for(self._spec)
             if self._upload is None and (self._strategy.single_put or self._staged):
                 checksum = await self._put_single(extra, request_tags)
                 etag_parts = 1
@@ -254,7 +241,7 @@ class S3Writer(WriterBase):
                 Bucket=self._o.bucket,
                 Key=self._key,
                 Body=body,
-                ContentType=self._content_type,
+                ContentType=self._spec.content_type,
                 Metadata={**self._metadata, **extra},
                 **part_args(mode, raw),
                 **self._object_args(tags),
@@ -280,7 +267,7 @@ class S3Writer(WriterBase):
         upload = MultipartUpload(self._s3, self._key, self._strategy, checksum=self._strategy.checksum)
         try:
             await upload.create(
-                ContentType=self._content_type, Metadata={**self._metadata, **extra}, **self._object_args(tags)
+                ContentType=self._spec.content_type, Metadata={**self._metadata, **extra}, **self._object_args(tags)
             )
         except BaseException:
             if single is not None:
@@ -309,7 +296,7 @@ class S3Writer(WriterBase):
 
     async def _copy_parts(self, final_key: str, metadata: dict[str, str], tags: Mapping[str, str]) -> None:
         self._copy = MultipartUpload(self._s3, final_key, self._strategy)
-        await self._copy.create(ContentType=self._content_type, Metadata=metadata, **self._o.object_args(tags))
+        await self._copy.create(ContentType=self._spec.content_type, Metadata=metadata, **self._o.object_args(tags))
         source = {"Bucket": self._o.bucket, "Key": self._key}
         step = max(self._o.part_size, COPY_PART_SIZE)
         for start in range(0, self._size, step):
@@ -324,7 +311,7 @@ class S3Writer(WriterBase):
             Key=final_key,
             CopySource={"Bucket": self._o.bucket, "Key": self._key},
             MetadataDirective="REPLACE",
-            ContentType=self._content_type,
+            ContentType=self._spec.content_type,
             Metadata=metadata,
             **args,
         )
@@ -344,7 +331,7 @@ class S3Writer(WriterBase):
         if self._pool is None:
             raise StorageError("no part budget to stream the staged object back", storage_code="Internal")
         self._copy = MultipartUpload(self._s3, final_key, self._strategy, checksum=self._strategy.checksum)
-        await self._copy.create(ContentType=self._content_type, Metadata=metadata, **self._o.object_args(tags))
+        await self._copy.create(ContentType=self._spec.content_type, Metadata=metadata, **self._o.object_args(tags))
         answer = await self._s3.call("GetObject", Bucket=self._o.bucket, Key=self._key)
         async with answer["Body"] as stream:
             async for part in _parts(stream, self._pool):
