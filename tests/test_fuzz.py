@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from streamproxy.config import Settings, StorageURI
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART
-from tests.helpers import multipart_body
+from tests.helpers import PART, multipart_body
 from tests.live import LiveServer, live_servers
 
 pytestmark = pytest.mark.filterwarnings(
