@@ -247,3 +247,16 @@ async def send(client: Any, route: str, raw: bytes, name: str = "call-7", part_n
     return await client.post(
         "/recordings", params={"filename": name}, data=chunks(raw), headers={"Content-Type": "application/octet-stream"}
     )
+
+
+def mutate(body: bytes, operations: list[tuple[int, int, bytes]]) -> bytes:
+    """Corrupt ``body`` for the fuzz tests: each operation inserts (0), deletes (1) or overwrites (2) at a position."""
+    for kind, position, blob in operations:
+        at = position % (len(body) + 1)
+        if kind == 0:
+            body = body[:at] + blob + body[at:]
+        elif kind == 1:
+            body = body[:at] + body[at + len(blob) + 1 :]
+        else:
+            body = body[:at] + blob + body[at + len(blob) :]
+    return body
