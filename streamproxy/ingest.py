@@ -9,7 +9,9 @@ bound streamed reads), and the sha256 of the recording is computed in a worker t
 part at a time, while the next part fills.
 
 Whatever goes wrong after a writer was opened, the writer is aborted before the error leaves
-this module: an upload ends in ``complete`` or ``abort``, never in between.
+this module: the writer is an async context manager, entered into an ``AsyncExitStack`` the
+moment the audio stage opens it, and leaving that block aborts every upload that did not
+complete. An upload ends in ``complete`` or ``abort``, never in between.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import quote
@@ -151,6 +154,7 @@ class _Form:
     reader: FormReader
     read_timeout: float
     deadline: _Deadline | None
+    scope: AsyncExitStack  # the writer's: leaving it aborts an upload that did not complete
     fields: dict[str, str] = field(default_factory=dict)
     fields_bytes: int = 0  # names and values of the text fields, against MAX_FIELDS_BYTES
     writer: Writer | None = None  # open from the file part's first bytes until complete or abort
@@ -237,7 +241,8 @@ class Ingest:
     ) -> tuple[Writer, Outcome]:
         """Stream the recording through the audio stage; the stage opens the writer once it knows the format.
 
-        On any failure the writer (if one was opened) is aborted before the error leaves.
+        On any failure the stage gives back its buffers before the error leaves; the writer, if
+        one was opened, is aborted when the caller's writer scope is left.
         """
         stream = AudioStream(
             self.pool, max_bytes=self.max_upload_bytes, policy=self.audio, hints=hints, open_writer=open_writer
@@ -246,13 +251,11 @@ class Ingest:
             while chunk := await _timed(read(), self.read_timeout, deadline):
                 await stream.feed(chunk)
             outcome = await stream.finish()
-            if outcome.received_size == 0 or stream.writer is None:
-                raise BadRequest("the recording is empty", code="empty_recording")
         except BaseException:
             await stream.discard()
-            if stream.writer is not None:
-                await stream.writer.abort()
             raise
+        if outcome.received_size == 0 or stream.writer is None:
+            raise BadRequest("the recording is empty", code="empty_recording")
         return stream.writer, outcome
 
     async def _complete(
@@ -265,15 +268,11 @@ class Ingest:
         key: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Upload:
-        """Complete the writer with the facts of what is stored; abort it on failure."""
-        try:
-            mark_completing()
-            stored = await writer.complete(
-                Completion(key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields))
-            )
-        except BaseException:
-            await writer.abort()
-            raise
+        """Complete the writer with the facts of what is stored (a failed complete aborts it)."""
+        mark_completing()
+        stored = await writer.complete(
+            Completion(key, metadata={**(metadata or {}), **_facts(outcome)}, tags=self.tags_for(fields))
+        )
         digest = outcome.stored_sha256 or stored.sha256
         assert digest is not None, "a writer that put a header in front must report the stored sha256"
         chosen = outcome.plan
@@ -282,19 +281,25 @@ class Ingest:
         return Upload(stored, outcome.stored_size, digest, received, changed, outcome.audio, content_type, dict(fields))
 
     def _opener(
-        self, name: str | None, fields: Mapping[str, str], declared: str | None, types: list[str]
+        self,
+        name: str | None,
+        fields: Mapping[str, str],
+        declared: str | None,
+        types: list[str],
+        scope: AsyncExitStack,
     ) -> Callable[[Plan], Awaitable[Writer]]:
         """Open the writer once the format is known: the key's ``{ext}`` and the stored type follow it.
 
         ``name`` ``None``: the name comes later (staged). The stored type is appended to ``types``.
+        The writer enters ``scope`` as a context manager: leaving the scope aborts it unless it
+        completed, whatever the way out (a refusal, a storage error, the client vanishing).
         """
 
         async def open_writer(chosen: Plan) -> Writer:
             key = self.key_for(name, fields, chosen.ext) if name is not None else None
             types.append(stored_type(chosen, declared))
-            return await self.sink.open(
-                ObjectSpec(key, types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields))
-            )
+            spec = ObjectSpec(key, types[0], metadata=sanitize_metadata(fields), tags=self.tags_for(fields))
+            return await scope.enter_async_context(await self.sink.open(spec))
 
         return open_writer
 
@@ -305,9 +310,10 @@ class Ingest:
         fields = {"filename": check_filename(filename)}
         self.key_for(filename, fields, ".wav")  # a name that can never make a key fails before the body is read
         types: list[str] = []
-        opener = self._opener(filename, fields, content_type, types)
-        writer, outcome = await self._stream(read, deadline, Hints(filename, content_type), opener)
-        return await self._complete(writer, outcome, fields, types[0])
+        async with AsyncExitStack() as scope:
+            opener = self._opener(filename, fields, content_type, types, scope)
+            writer, outcome = await self._stream(read, deadline, Hints(filename, content_type), opener)
+            return await self._complete(writer, outcome, fields, types[0])
 
     async def multipart(self, reader: FormReader) -> Upload:
         """Store the file field of a multipart/form-data body, whatever the order of its fields.
@@ -317,24 +323,18 @@ class Ingest:
         no ``filename`` field at all, the file part's own ``filename=`` (without its extension)
         names the recording.
         """
-        form = _Form(reader, self.read_timeout, self._deadline())
-        try:
+        async with AsyncExitStack() as scope:
+            form = _Form(reader, self.read_timeout, self._deadline(), scope)
             async for part in form:
                 await self._part(form, part)
             writer, outcome = form.writer, form.outcome
             if writer is None or outcome is None or outcome.plan is None:
                 raise BadRequest(f"the file field {self.file_field!r} is missing", code="missing_field")
-            key: str | None = None
-            if form.staged:
-                key = self.key_for(self._name(form.fields, form.part_name), form.fields, outcome.plan.ext)
-        except BaseException:
-            if form.writer is not None:
-                await form.writer.abort()
-            raise
-        if form.staged:
+            if not form.staged:
+                return await self._complete(writer, outcome, form.fields, form.types[0])
+            key = self.key_for(self._name(form.fields, form.part_name), form.fields, outcome.plan.ext)
             metadata = sanitize_metadata(form.fields)
             return await self._complete(writer, outcome, form.fields, form.types[0], key=key, metadata=metadata)
-        return await self._complete(writer, outcome, form.fields, form.types[0])
 
     async def _part(self, form: _Form, part: FormPart) -> None:
         """Dispatch one part: the recording, a text field, or a refusal."""
@@ -371,7 +371,7 @@ class Ingest:
                     f"the key template needs the text field {missing[0]!r} before the file", code="missing_field"
                 )
             form.staged = True
-        opener = self._opener(known, dict(form.fields), declared, form.types)
+        opener = self._opener(known, dict(form.fields), declared, form.types, form.scope)
         form.writer, form.outcome = await self._stream(
             _chunk_reader(part), form.deadline, Hints(form.part_name, declared), opener
         )

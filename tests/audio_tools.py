@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import io
 import shutil
+import struct
 import subprocess
+import wave
 from pathlib import Path
-
-import pytest
 
 from streamproxy.audio import AudioFacts
 from streamproxy.audio.formats import Arrival
+from tests.helpers import payload, required
 
 
 def tool(name: str) -> str:
     """Path of an external program; a missing one fails under CI (it must be installed) and skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed (apt-get install sox)")
-    return path
+    return required(shutil.which(name), f"{name} is required (apt-get install sox; .ci/run installs it)")
 
 
 def g711(tmp_path: Path, seconds: float, law: str = "mu-law", name: str = "x.raw") -> bytes:
@@ -94,3 +90,32 @@ class UlawToPcm16:
 
     def header(self) -> bytes:
         return b""
+
+
+SOX = shutil.which("sox")
+
+
+def wave_file(*, channels: int = 1, rate: int = 8000, width: int = 2, frames: int = 8000) -> bytes:
+    """A WAV file written by Python's wave module (PCM), with a recognisable sample pattern."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(bytes(i % 251 for i in range(frames * channels * width)))
+    return out.getvalue()
+
+
+def sox_file(tmp_path: Path, name: str, *args: str, seconds: float = 1.5) -> bytes:
+    """A WAV file written by sox (`sox -n ARGS out.wav synth SECONDS sine 440`)."""
+    assert SOX is not None, "sox is required (apt-get install sox; .ci/run installs it)"
+    target = tmp_path / name
+    subprocess.run([SOX, "-n", *args, str(target), "synth", str(seconds), "sine", "440"], check=True, timeout=30)
+    return target.read_bytes()
+
+
+def big_wav(size: int) -> bytes:
+    """A streamed-style 8 kHz mono mu-law WAV of ``size`` bytes whose header sizes say 0xFFFFFFFF."""
+    fmt = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
+    header = b"RIFF\xff\xff\xff\xffWAVEfmt " + struct.pack("<I", 16) + fmt + b"data\xff\xff\xff\xff"
+    return header + payload(size - len(header))

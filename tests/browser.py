@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import shutil
 import tempfile
 from typing import Any
 
 import aiohttp
-import pytest
+
+from tests.helpers import required
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = (
@@ -79,12 +79,7 @@ async (url) => {
 
 def require_chromium() -> str:
     """Chromium's path; under CI (``CI`` set) its absence fails the test instead of skipping it."""
-    if CHROMIUM is None:
-        message = "chromium is required (apt-get install chromium; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
+    return required(CHROMIUM, "chromium is required (apt-get install chromium; .ci/run installs it)")
 
 
 class Chromium:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,14 +15,14 @@ from aiohttp.test_utils import TestClient
 from moto.server import ThreadedMotoServer
 
 from streamproxy.app import make_app
-from streamproxy.config import MIB, Settings, StorageURI
+from streamproxy.config import Settings
 from streamproxy.sinks import Sink
-from tests.s3_recorder import S3Recorder
-
-PART = 5 * MIB  # S3's minimum part size keeps the multi-part cases small
-# Storage tests send opaque bytes and check them byte for byte: store them as they came, under
-# the old fixed extension. The audio tests (tests/test_audio_*.py) use streamproxy's own defaults.
-RAW_BYTES = {"raw_audio": "none", "key_template": "{filename}.wav"}
+from streamproxy.sinks.fs import FileSink
+from streamproxy.sinks.memory import MemorySink
+from streamproxy.sinks.outbox import OutboxCapable, OutboxStore
+from streamproxy.wiring import build_sink
+from tests.helpers import TrackedMemorySink, s3_settings
+from tests.s3_proxy import S3Proxy
 
 
 @pytest.fixture(autouse=True)
@@ -75,62 +74,31 @@ def locked_bucket(s3: Any) -> str:
 
 
 @pytest.fixture
-async def recorder(aiohttp_server: Callable[..., Any], moto_endpoint: str) -> S3Recorder:
-    """A recording proxy in front of moto; point the sink's endpoint at ``recorder.endpoint``."""
-    proxy = S3Recorder(moto_endpoint)
-    server = await aiohttp_server(proxy.app())
-    proxy.endpoint = str(server.make_url("")).rstrip("/")
-    return proxy
+def memory_sink() -> TrackedMemorySink:
+    """An in-memory sink for storage-neutral HTTP cases (pass it to ``client_for``)."""
+    return TrackedMemorySink()
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+@pytest.fixture(params=["file", "memory", "s3"])
+async def outbox_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxStore]:
+    """The notification outbox of a started sink, in each kind of storage (several notifiers may share it)."""
+    sink: Sink
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket")
+        sink = build_sink(s3_settings(request.getfixturevalue("moto_endpoint"), bucket))
+    else:
+        sink = FileSink(tmp_path) if request.param == "file" else MemorySink()
+    await sink.start()
+    assert isinstance(sink, OutboxCapable)
+    yield sink.outbox_store()
+    await sink.close()
 
 
-def payload(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating bytes (so a misplaced part changes the hash)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 512
-        counter += 1
-    return bytes(out[:size])
-
-
-def objects(s3: Any, bucket: str) -> dict[str, bytes]:
-    """Every object in the bucket with its bytes."""
-    listing = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
-    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing}
-
-
-def incomplete_uploads(s3: Any, bucket: str) -> list[str]:
-    """Keys of multipart uploads that were neither completed nor aborted."""
-    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-
-
-def s3_settings(moto_endpoint: str | None, bucket: str, prefix: str = "rec/", **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        storage=StorageURI.parse(f"s3://{bucket}/{prefix}"),
-        s3_endpoint_url=moto_endpoint,
-        part_size=PART,
-        max_buffer_bytes=8 * PART,
-        # moto has every feature AWS documents; the probe itself is tested in test_probe.py and tests/compat/
-        s3_capabilities="aws",
-        **RAW_BYTES,
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-def fs_settings(root: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        storage=StorageURI.parse(root.as_uri()), part_size=PART, max_buffer_bytes=8 * PART, **RAW_BYTES
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-ClientFactory = Callable[..., Any]
+@pytest.fixture
+async def recorder(moto_endpoint: str) -> AsyncIterator[S3Proxy]:
+    """The S3 proxy in front of moto, to assert on requests; point the sink's endpoint at ``recorder.url``."""
+    async with S3Proxy(moto_endpoint) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.faults import FaultProxy
+from tests.s3_proxy import S3Proxy
 from tests.servers import rss_kib, streamproxy_server
 
 MIB = 1024 * 1024
@@ -262,7 +262,7 @@ SOAK_FAULTS = [
 
 async def run_soak(moto_endpoint: str, s3: Any, bucket: str, cfg: SoakConfig) -> SoakReport:
     """Run the soak and the same-name races against a fresh server subprocess; return the figures."""
-    async with FaultProxy(moto_endpoint) as proxy:
+    async with S3Proxy(moto_endpoint) as proxy:
         for n, (operation, action) in enumerate(SOAK_FAULTS):
             if cfg.fault_rate > 0:
                 proxy.add(operation, action, times=None, rate=cfg.fault_rate, seed=cfg.seed + n)

@@ -11,7 +11,7 @@ Measured on Ceph RGW 16.2.15, Swift 2.30.1 + s3api and s3rver 3.7.1 (docs/storag
   ListMultipartUploads and AbortMultipartUpload.
 
 ``CAPABILITIES`` is what the probe reports; ``FAKE`` configures ``tests.fake_s3.FakeS3``;
-``IMITATIONS`` make moto behave the same way behind ``tests.s3_recorder.S3Recorder``.
+``IMITATIONS`` make moto behave the same way behind ``tests.s3_proxy.S3Proxy``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from streamproxy.sinks.s3.capabilities import CHECKSUM_MODES, Capabilities
-from tests.s3_recorder import Imitation
+from tests.s3_proxy import Imitation
 
 __all__ = ["CAPABILITIES", "FAKE", "IMITATIONS", "S3"]
 

@@ -9,15 +9,25 @@ with the right duration.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streamproxy.wav import g711_header
 from tests.audio_tools import g711, soxi
-from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import chunks, form
+from tests.helpers import (
+    PART,
+    audio_settings,
+    form,
+    incomplete_uploads,
+    objects,
+    payload,
+    put_audio,
+    s3_settings,
+    send,
+    sha256,
+    stored,
+)
 
 BIG = 8 * PART + 3  # 40 MiB and more: nine parts, odd length (the pad byte)
 
@@ -26,33 +36,14 @@ def expected_wav(raw: bytes, law: str = "mulaw") -> bytes:
     return g711_header(law, len(raw)) + raw + (b"\0" if len(raw) & 1 else b"")
 
 
-def audio_settings(sink: str, moto_endpoint: str, bucket: str, tmp_path: Path, **overrides: Any) -> Any:
-    """Settings with streamproxy's own audio defaults (the shared helpers pin storage tests to raw bytes)."""
-    audio = {"raw_audio": "ulaw", "store_format": "wav", "key_template": "{filename}{ext}"}
-    audio.update(overrides)
-    if sink == "s3":
-        return s3_settings(moto_endpoint, bucket, **audio)
-    return fs_settings(tmp_path / "store", **audio)
-
-
-def stored(sink: str, s3: Any, bucket: str, tmp_path: Path, key: str) -> bytes:
-    if sink == "s3":
-        return objects(s3, bucket)[key]
-    return (tmp_path / "store" / key.removeprefix("rec/")).read_bytes()
-
-
-async def send(client: Any, route: str, raw: bytes, name: str = "call-7", part_name: str = "call-7.ul") -> Any:
-    if route == "form_name_first":
-        data = form([("filename", name), ("recording", raw)], content_type="application/octet-stream")
-        return await client.post("/recordings", data=data)
-    if route == "form_file_first":
-        data = form([("recording", raw), ("filename", name)], content_type="application/octet-stream")
-        return await client.post("/recordings", data=data)
-    if route == "put":
-        return await client.put(f"/recordings/{name}", data=chunks(raw), headers={"Content-Type": "audio/basic"})
-    return await client.post(
-        "/recordings", params={"filename": name}, data=chunks(raw), headers={"Content-Type": "application/octet-stream"}
-    )
+async def send_and_check(client: Any, route: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """Send ``raw`` by ``route``; assert 200 and the answer for the WAV it becomes; return both."""
+    resp = await send(client, route, raw)
+    body: dict[str, Any] = await resp.json()
+    assert resp.status == 200, body
+    wav = expected_wav(raw)
+    check_answer(body, raw, wav)
+    return body, wav
 
 
 def check_answer(body: dict[str, Any], raw: bytes, wav: bytes) -> None:
@@ -77,11 +68,7 @@ async def test_short_mulaw_becomes_a_playable_wav(client_for, moto_endpoint, buc
     """5 s of sox µ-law (one part: S3's single PUT): `.wav`, exact header, same bytes, sox reads 5 s."""
     raw = g711(tmp_path, 5.0)
     client = await client_for(audio_settings(sink, moto_endpoint, bucket, tmp_path))
-    resp = await send(client, route, raw)
-    body = await resp.json()
-    assert resp.status == 200, body
-    wav = expected_wav(raw)
-    check_answer(body, raw, wav)
+    body, wav = await send_and_check(client, route, raw)
     assert body["key"] == "rec/call-7.wav" if sink == "s3" else body["key"] == "call-7.wav"
     data = stored(sink, s3, bucket, tmp_path, "rec/call-7.wav")
     assert data == wav
@@ -112,11 +99,7 @@ async def test_long_mulaw_over_many_parts(client_for, moto_endpoint, bucket, s3,
     """40 MiB and more (nine parts on S3, part 1 uploaded last): still the exact WAV, hashed as stored."""
     raw = payload(BIG, seed=11)  # any byte is a µ-law sample; distinct bytes catch a misplaced part
     client = await client_for(audio_settings(sink, moto_endpoint, bucket, tmp_path))
-    resp = await send(client, route, raw)
-    body = await resp.json()
-    assert resp.status == 200, body
-    wav = expected_wav(raw)
-    check_answer(body, raw, wav)
+    _, wav = await send_and_check(client, route, raw)
     data = stored(sink, s3, bucket, tmp_path, "rec/call-7.wav")
     assert len(data) == len(wav) and data == wav
     target = tmp_path / "check.wav"
@@ -135,14 +118,8 @@ async def test_many_headerless_uploads_through_a_two_part_budget(client_for, mot
         s3_settings(moto_endpoint, bucket, raw_audio="ulaw", key_template="{filename}{ext}", max_buffer_bytes=2 * PART)
     )
     raws = [payload(2 * PART + 1000 * n + 1, seed=n) for n in range(10)]
-
-    async def one(n: int) -> dict[str, Any]:
-        resp = await client.put(f"/recordings/c{n}.ul", data=chunks(raws[n]), headers={"Content-Type": "audio/basic"})
-        body: dict[str, Any] = await resp.json()
-        assert resp.status == 200, body
-        return body
-
-    bodies = await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(10))), timeout=240)
+    uploads = (put_audio(client, f"c{n}.ul", raws[n]) for n in range(10))
+    bodies = await asyncio.wait_for(asyncio.gather(*uploads), timeout=240)
     stored_objects = objects(s3, bucket)
     for n, body in enumerate(bodies):
         wav = expected_wav(raws[n])

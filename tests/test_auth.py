@@ -14,8 +14,7 @@ from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError
 from streamproxy.errors import Forbidden, Unauthorized
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import fs_settings
-from tests.helpers import form
+from tests.helpers import form, fs_settings
 from tests.servers import config_error
 
 TOKEN_A = "tok-A-0123456789abcdef"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import incomplete_uploads, objects
+from tests.helpers import incomplete_uploads, objects
 from tests.servers import free_port
 
 ACCESS_KEY = "AKIACHECKTEST1234WXYZ"

@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from streamproxy.check import run_check
-from tests.conftest import s3_settings
+from tests.helpers import s3_settings
 
 
 async def _check(settings: Any) -> tuple[int, str]:

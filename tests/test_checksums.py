@@ -9,8 +9,7 @@ import zlib
 import pytest
 from awscrt import checksums as crt
 
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import form
+from tests.helpers import PART, form, incomplete_uploads, objects, payload, s3_settings
 
 HEADERS = {
     "md5": "content-md5",
@@ -43,7 +42,7 @@ def expected(algorithm: str, data: bytes) -> str:
 @pytest.mark.parametrize("size", [100, 2 * PART + 7])
 async def test_each_part_carries_its_checksum(client_for, recorder, bucket, s3, algorithm: str, size: int) -> None:
     """The stored object is byte-exact, and every body-carrying request sent the checksum of its own bytes."""
-    client = await client_for(s3_settings(recorder.endpoint, bucket, checksum=algorithm))
+    client = await client_for(s3_settings(recorder.url, bucket, checksum=algorithm))
     data = payload(size, seed=size)
     resp = await client.post("/recordings", data=form([("filename", "sum"), ("recording", data)]))
     assert resp.status == 200, await resp.text()

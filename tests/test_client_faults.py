@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from streamproxy.appkeys import POOL
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import form, multipart_body
+from tests.helpers import PART, form, incomplete_uploads, multipart_body, objects, payload, s3_settings, sha256
 
 DATA = payload(3 * PART + 1234, seed=3)  # four parts: the last one short
 

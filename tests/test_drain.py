@@ -18,8 +18,7 @@ import aiohttp
 import pytest
 
 from streamproxy.sinks.fs import TEMP_PREFIX
-from tests.conftest import PART, incomplete_uploads, objects, payload, sha256
-from tests.helpers import held_body, put_recording, until
+from tests.helpers import PART, held_body, incomplete_uploads, objects, payload, put_recording, sha256, until
 from tests.servers import streamproxy_server
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,8 @@ import pytest
 import structlog
 
 from streamproxy.sinks.s3 import S3Options, S3Sink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.faults import FaultProxy
-from tests.helpers import form
+from tests.helpers import PART, form, incomplete_uploads, objects, payload, s3_settings, sha256
+from tests.s3_proxy import S3Proxy
 
 SMALL = 1000  # one part: a single PutObject
 MULTI = PART + 7  # two parts: create, 2 x part, complete
@@ -36,14 +35,14 @@ SHAPES = {
 
 
 @pytest.fixture
-async def proxy(moto_endpoint: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(moto_endpoint) as fault_proxy:
+async def proxy(moto_endpoint: str) -> AsyncIterator[S3Proxy]:
+    async with S3Proxy(moto_endpoint) as fault_proxy:
         yield fault_proxy
     # `pytest -s tests/test_faults_s3.py | grep faults_injected` tallies the matrix for docs/reliability.md
     print(f"faults_injected={sum(fault_proxy.injected.values())} s3_requests={sum(fault_proxy.requests.values())}")
 
 
-async def _start(client_for, proxy: FaultProxy, bucket: str, **overrides: Any):
+async def _start(client_for, proxy: S3Proxy, bucket: str, **overrides: Any):
     values: dict[str, Any] = dict(s3_timeout=1.0, s3_max_attempts=3)
     values.update(overrides)
     return await client_for(s3_settings(proxy.url, bucket, **values))

@@ -33,7 +33,7 @@ from streamproxy.formdata import (
     next_chunk,
 )
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART
+from tests.helpers import PART, mutate
 from tests.live import live_servers
 
 BOUNDARY = b"b0undary"
@@ -249,20 +249,8 @@ parts_strategy = st.lists(
 )
 
 
-def _mutate(body: bytes, operations: list[tuple[int, int, bytes]]) -> bytes:
-    for kind, position, blob in operations:
-        at = position % (len(body) + 1)
-        if kind == 0:
-            body = body[:at] + blob + body[at:]
-        elif kind == 1:
-            body = body[:at] + body[at + len(blob) + 1 :]
-        else:
-            body = body[:at] + blob + body[at + len(blob) :]
-    return body
-
-
 bodies = st.builds(
-    lambda parts, preamble, epilogue, ops: _mutate(form(*parts, preamble=preamble, epilogue=epilogue), ops),
+    lambda parts, preamble, epilogue, ops: mutate(form(*parts, preamble=preamble, epilogue=epilogue), ops),
     parts_strategy,
     st.sampled_from([b"", b"preamble\r\n", b"--b0undaryX\r\n"]),
     st.sampled_from([b"", b"epilogue", b"\r\n--b0undary\r\n"]),

@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from streamproxy.config import Settings, StorageURI
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART
-from tests.helpers import multipart_body
+from tests.helpers import PART, multipart_body, mutate
 from tests.live import LiveServer, live_servers
 
 pytestmark = pytest.mark.filterwarnings(
@@ -49,21 +48,9 @@ def server() -> Iterator[LiveServer]:
         yield live
 
 
-def _mutate(body: bytes, operations: list[tuple[int, int, bytes]]) -> bytes:
-    for kind, position, blob in operations:
-        at = position % (len(body) + 1)
-        if kind == 0:
-            body = body[:at] + blob + body[at:]
-        elif kind == 1:
-            body = body[:at] + body[at + len(blob) + 1 :]
-        else:
-            body = body[:at] + blob + body[at + len(blob) :]
-    return body
-
-
 bodies = st.one_of(
     st.builds(
-        _mutate,
+        mutate,
         st.just(VALID),
         st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10_000), st.binary(max_size=24)), max_size=4),
     ),

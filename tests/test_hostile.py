@@ -17,8 +17,17 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import form, multipart_body
+from tests.helpers import (
+    PART,
+    form,
+    fs_settings,
+    incomplete_uploads,
+    multipart_body,
+    nothing_left,
+    objects,
+    payload,
+    s3_settings,
+)
 from tests.live import LiveServer, live_servers
 
 FORM = "multipart/form-data; boundary=b0undary"
@@ -227,17 +236,23 @@ async def test_rfc_preamble_is_tolerated(client_for, moto_endpoint, bucket, s3) 
     assert objects(s3, bucket) == {"rec/pre.wav": b"abc"}
 
 
+WAV = {"Content-Type": "audio/wav"}
+
+
+async def trickle(first: bytes, then: bytes) -> AsyncIterator[bytes]:
+    """Send ``first``, then ``then`` every 0.2 s for 8 s: a client that never stops, slowly."""
+    yield first
+    for _ in range(40):
+        await asyncio.sleep(0.2)
+        yield then
+
+
 async def test_upload_time_cap_is_408_and_aborts(client_for, moto_endpoint, bucket, s3) -> None:
     """A client that keeps trickling bytes past --max-upload-seconds gets 408 upload_timeout, upload aborted."""
     client = await client_for(s3_settings(moto_endpoint, bucket, read_timeout=5, max_upload_seconds=1.5))
 
-    async def trickle() -> AsyncIterator[bytes]:
-        yield payload(PART + 10)  # a multipart upload is open from here on
-        for _ in range(40):
-            await asyncio.sleep(0.2)
-            yield b"x" * 100
-
-    resp = await client.put("/recordings/trickle", data=trickle(), headers={"Content-Type": "audio/wav"})
+    # a multipart upload is open after the first piece
+    resp = await client.put("/recordings/trickle", data=trickle(payload(PART + 10), b"x" * 100), headers=WAV)
     body = await resp.json()
     assert resp.status == 408, body
     assert body["error"] == "upload_timeout" and "1.5 seconds" in body["message"]
@@ -248,29 +263,30 @@ async def test_upload_time_cap_in_multipart_fields(client_for, moto_endpoint, bu
     """The cap also covers a form whose text fields trickle in before the file."""
     client = await client_for(s3_settings(moto_endpoint, bucket, read_timeout=5, max_upload_seconds=1))
 
-    async def trickle() -> AsyncIterator[bytes]:
-        yield b'--b0undary\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
-        for _ in range(40):
-            await asyncio.sleep(0.2)
-            yield b"n"
-
-    resp = await client.post("/recordings", data=trickle(), headers={"Content-Type": FORM})
+    head = b'--b0undary\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+    resp = await client.post("/recordings", data=trickle(head, b"n"), headers={"Content-Type": FORM})
     assert resp.status == 408
     assert (await resp.json())["error"] == "upload_timeout"
     await _no_leftovers(s3, bucket)
 
 
-async def test_expect_continue_refusals_before_the_body(client_for, moto_endpoint, bucket, s3) -> None:
-    """413 and 503 are answered to Expect: 100-continue without inviting the body."""
-    client = await client_for(s3_settings(moto_endpoint, bucket, max_upload_bytes=PART, max_concurrent_uploads=1))
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+async def _expect_continue(port: int, path: str, length: int) -> bytes:
+    """Send only the head of a PUT with ``Expect: 100-continue``; return what the server answers within 5 s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
-        b"PUT /recordings/huge HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 99999999999\r\n"
-        b"Expect: 100-continue\r\n\r\n"
+        f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: {length}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
     )
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(4096), 5)
     writer.close()
+    return answer
+
+
+async def test_expect_continue_refusals_before_the_body(client_for, moto_endpoint, bucket, s3) -> None:
+    """413 and 503 are answered to Expect: 100-continue without inviting the body."""
+    client = await client_for(s3_settings(moto_endpoint, bucket, max_upload_bytes=PART, max_concurrent_uploads=1))
+    answer = await _expect_continue(client.port, "/recordings/huge", 99999999999)
     assert answer.startswith(b"HTTP/1.1 413 ") and b'"too_large"' in answer and b"100 Continue" not in answer
 
     release = asyncio.Event()
@@ -282,26 +298,19 @@ async def test_expect_continue_refusals_before_the_body(client_for, moto_endpoin
 
     first = asyncio.ensure_future(client.put("/recordings/held", data=held(), headers={"Content-Type": "audio/wav"}))
     await asyncio.sleep(0.3)
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    writer.write(
-        b"PUT /recordings/second HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 10\r\n"
-        b"Expect: 100-continue\r\n\r\n"
-    )
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(4096), 5)
-    writer.close()
+    answer = await _expect_continue(client.port, "/recordings/second", 10)
     assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer and b'"busy"' in answer
     release.set()
     assert (await first).status == 200
     assert set(objects(s3, bucket)) == {"rec/held.wav"}
 
 
-async def test_request_header_too_long_is_refused(client_for, moto_endpoint, bucket, s3) -> None:
+async def test_request_header_too_long_is_refused(client_for, memory_sink, tmp_path) -> None:
     """An HTTP header over aiohttp's 8190-byte limit is refused by the HTTP parser (plain 400), never stored."""
-    client = await client_for(s3_settings(moto_endpoint, bucket))
+    client = await client_for(fs_settings(tmp_path), memory_sink)
     resp = await client.put("/recordings/x", data=b"abc", headers={"Content-Type": "audio/wav", "X-Junk": "j" * 10_000})
     assert resp.status == 400
-    assert objects(s3, bucket) == {}
+    nothing_left(memory_sink)
 
 
 async def test_form_with_many_small_uploads_still_works(client_for, moto_endpoint, bucket, s3) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PART, fs_settings, objects, payload, s3_settings
-from tests.helpers import form
+from tests.helpers import PART, form, fs_settings, objects, payload, s3_settings
 
 TEMPLATE = "{field:call_id}/{date:%Y/%m/%d}/{filename}-{uuid}.wav"
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from streamproxy.errors import BadRequest
 from streamproxy.keys import KeyTemplate, check_filename, decode_filename, join_key
+from tests.helpers import KEY_TEMPLATES
 
 
 @pytest.mark.parametrize(
@@ -99,16 +100,7 @@ def test_overlong_key_is_refused() -> None:
         join_key("p/" * 450, "a" * 200)
 
 
-templates = st.sampled_from(
-    [
-        "{filename}",
-        "{filename}.wav",
-        "calls/{filename}",
-        "{date:%Y/%m}/{filename}",
-        "{field:id}/{filename}.wav",
-        "{field:id}-{uuid}",
-    ]
-)
+templates = st.sampled_from(KEY_TEMPLATES)
 
 
 @given(filename=st.text(max_size=250), field=st.text(max_size=80), template=templates)

@@ -9,11 +9,19 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import form, md5_checksum
-from tests.test_storage_options import KMS_KEY
-from tests.test_wav import wave_file
-from tests.test_wav_http import big_wav
+from tests.audio_tools import big_wav, wave_file
+from tests.helpers import (
+    KMS_KEY,
+    PART,
+    form,
+    fs_settings,
+    incomplete_uploads,
+    md5_checksum,
+    objects,
+    payload,
+    s3_settings,
+    sha256,
+)
 
 
 def _parse_time(text: str) -> datetime:
@@ -76,7 +84,7 @@ async def test_manifest_gets_the_recordings_encryption_retention_and_tags(
 ) -> None:
     """The manifest's PutObject carries the same SSE, storage class, Object Lock and tags as the recording."""
     settings = s3_settings(
-        recorder.endpoint,
+        recorder.url,
         locked_bucket,
         manifest=True,
         sse="aws:kms",

@@ -31,8 +31,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PART, payload, s3_settings
-from tests.faults import FaultProxy
+from tests.helpers import PART, payload, s3_settings
+from tests.s3_proxy import S3Proxy
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ async def test_rules_and_panels_against_a_live_server_and_prometheus(
     client_for, moto_endpoint, bucket, prometheus, tmp_path
 ) -> None:
     """Uploads through S3 (one throttled part, so a retry), one refused upload; then every name is live."""
-    async with FaultProxy(moto_endpoint) as proxy:
+    async with S3Proxy(moto_endpoint) as proxy:
         proxy.add("part", "503", times=1)
         client = await client_for(s3_settings(proxy.url, bucket))
         url = await prometheus(f"127.0.0.1:{client.port}")

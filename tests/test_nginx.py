@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 
 from tests.certs import self_signed
-from tests.servers import free_port, rss_kib, streamproxy_server
+from tests.helpers import required
+from tests.servers import free_port, rss_kib, stop, streamproxy_server
 
 MIB = 1024 * 1024
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "streamproxy.conf"
@@ -30,12 +31,7 @@ SPOOL_WARNING = "a client request body is buffered to a temporary file"
 def nginx_binary() -> str:
     """Debian's nginx; CI installs it (.ci/run), so there it must exist."""
     found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if found is None:
-        message = "nginx is not installed (apt-get install nginx-light)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return required(found, "nginx is not installed (apt-get install nginx-light)")
 
 
 def substitute(text: str, pattern: str, replacement: str) -> str:
@@ -137,12 +133,7 @@ http {{
                 time.sleep(0.05)
         yield nginx
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @contextmanager

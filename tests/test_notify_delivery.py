@@ -11,7 +11,6 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +21,8 @@ from streamproxy.notify import DeliveryPolicy, Notifier, Outbox, Signer, Targets
 from streamproxy.notify.metrics import NotifyCollector
 from streamproxy.notify.outbox import DEAD, LEASE, PENDING
 from streamproxy.notify.targets import ping
-from streamproxy.sinks.fs import FileSink
-from streamproxy.sinks.memory import MemoryOutbox, MemorySink
-from streamproxy.sinks.outbox import OutboxCapable, OutboxStore
-from streamproxy.wiring import build_sink
-from tests.conftest import s3_settings
+from streamproxy.sinks.memory import MemoryOutbox
+from streamproxy.sinks.outbox import OutboxStore
 from tests.receiver import Receiver
 
 SECRET = "whsec-0123456789abcdef-test"
@@ -220,23 +216,10 @@ async def test_a_failing_outbox_is_counted_not_raised(targets: Targets) -> None:
     assert notifier.stats.outbox_failures == 1
 
 
-@pytest.fixture(params=["memory", "file", "s3"])
-async def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxStore]:
-    """One outbox store that several notifiers ("servers") share, in each kind of storage."""
-    if request.param == "s3":
-        sink = build_sink(s3_settings(request.getfixturevalue("moto_endpoint"), request.getfixturevalue("bucket")))
-    else:
-        sink = FileSink(tmp_path) if request.param == "file" else MemorySink()
-    await sink.start()
-    assert isinstance(sink, OutboxCapable)
-    yield sink.outbox_store()
-    await sink.close()
-
-
 async def test_two_servers_sharing_an_outbox_deliver_each_event_once(
-    receiver: Receiver, targets: Targets, shared_store: OutboxStore
+    receiver: Receiver, targets: Targets, outbox_store: OutboxStore
 ) -> None:
-    store = shared_store
+    store = outbox_store
     writer = Outbox(store, owner="crashed")
     sent = [event(n) for n in range(60)]
     for item in sent:  # left by a server that died before delivering anything

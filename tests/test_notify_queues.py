@@ -16,6 +16,7 @@ import pytest
 from streamproxy.notify import DeliveryPolicy, Notifier, Outbox, Targets, recording_stored
 from streamproxy.notify.outbox import DEAD, PENDING
 from streamproxy.sinks.memory import MemoryOutbox
+from tests.helpers import queue_and_topic
 
 FAST = DeliveryPolicy(attempt_timeout=5.0, backoff_base=0.05, backoff_cap=0.2, poll_interval=0.1)
 
@@ -73,12 +74,7 @@ async def delivered(notifier: Notifier, count: int) -> None:
 
 
 async def test_sqs_and_sns_receive_the_same_event(sqs: Any, sns: Any, targets: Targets) -> None:
-    name = uuid.uuid4().hex[:12]
-    queue = sqs.create_queue(QueueName=f"direct-{name}")["QueueUrl"]
-    fanout = sqs.create_queue(QueueName=f"fanout-{name}")["QueueUrl"]
-    fanout_arn = sqs.get_queue_attributes(QueueUrl=fanout, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = sns.create_topic(Name=f"stored-{name}")["TopicArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=fanout_arn)
+    queue, fanout, topic = queue_and_topic(sqs, sns, "direct")
 
     store = MemoryOutbox()
     notifier = Notifier(Outbox(store, owner="a"), targets, FAST)

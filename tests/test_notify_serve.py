@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from streamproxy.openapi import openapi_document
-from tests.helpers import form
+from tests.helpers import form, queue_and_topic
 from tests.receiver import ThreadedReceiver
 from tests.servers import rss_kib, streamproxy_server
 
@@ -360,12 +359,7 @@ async def test_1000_uploads_with_the_receiver_down(tmp_path: Path, receiver: Thr
 async def test_sqs_and_sns_get_the_event_from_the_server(tmp_path: Path, moto_endpoint: str) -> None:
     sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
     sns = boto3.client("sns", endpoint_url=moto_endpoint, region_name="us-east-1")
-    name = uuid.uuid4().hex[:12]
-    queue = sqs.create_queue(QueueName=f"serve-{name}")["QueueUrl"]
-    fanout = sqs.create_queue(QueueName=f"serve-fanout-{name}")["QueueUrl"]
-    fanout_arn = sqs.get_queue_attributes(QueueUrl=fanout, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = sns.create_topic(Name=f"serve-{name}")["TopicArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=fanout_arn)
+    queue, fanout, topic = queue_and_topic(sqs, sns, "serve")
     args = ["--storage", tmp_path.as_uri(), "--notify-sqs", queue, "--notify-sns", topic]
     env = {"AWS_ENDPOINT_URL_SQS": moto_endpoint, "AWS_ENDPOINT_URL_SNS": moto_endpoint}
     with streamproxy_server(args, env=env) as (_, base):

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
@@ -21,12 +20,11 @@ from streamproxy.errors import BadRequest
 from streamproxy.notify import Signer, encode_event, ping_event, recording_stored, signature, verify
 from streamproxy.notify.outbox import DEAD, LEASE, PENDING, Lease, Outbox, target_key, target_key_of
 from streamproxy.redact import REDACTED, scrub
-from streamproxy.sinks import Sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.outbox import OUTBOX_DIR, OutboxCapable, OutboxStore
 from streamproxy.wiring import build_sink
-from tests.conftest import s3_settings
+from tests.helpers import s3_settings
 
 SECRET = "whsec-0123456789abcdef-test"
 DOC_URI = "urn:streamproxy:openapi"
@@ -157,20 +155,6 @@ def test_the_secret_never_reaches_a_log_line() -> None:
 # --- the outbox stores (a contract over both implementations) ----------------------------------
 
 
-@pytest.fixture(params=["file", "memory", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxStore]:
-    sink: Sink
-    if request.param == "s3":
-        bucket = request.getfixturevalue("bucket")
-        sink = build_sink(s3_settings(request.getfixturevalue("moto_endpoint"), bucket))
-    else:
-        sink = FileSink(tmp_path) if request.param == "file" else MemorySink()
-    await sink.start()
-    assert isinstance(sink, OutboxCapable)
-    yield sink.outbox_store()
-    await sink.close()
-
-
 async def test_s3_outbox_objects_sit_under_the_prefix(moto_endpoint: str, bucket: str, s3: Any) -> None:
     sink = build_sink(s3_settings(moto_endpoint, bucket, prefix="calls/"))
     await sink.start()
@@ -187,46 +171,46 @@ async def test_s3_outbox_objects_sit_under_the_prefix(moto_endpoint: str, bucket
         await sink.close()
 
 
-async def test_store_put_get_delete(store: OutboxStore) -> None:
-    assert await store.get("pending/a.json") is None
-    await store.put("pending/a.json", b"one")
-    await store.put("pending/a.json", b"two")
-    assert await store.get("pending/a.json") == b"two"
-    await store.delete("pending/a.json")
-    await store.delete("pending/a.json")  # missing is fine
-    assert await store.get("pending/a.json") is None
+async def test_store_put_get_delete(outbox_store: OutboxStore) -> None:
+    assert await outbox_store.get("pending/a.json") is None
+    await outbox_store.put("pending/a.json", b"one")
+    await outbox_store.put("pending/a.json", b"two")
+    assert await outbox_store.get("pending/a.json") == b"two"
+    await outbox_store.delete("pending/a.json")
+    await outbox_store.delete("pending/a.json")  # missing is fine
+    assert await outbox_store.get("pending/a.json") is None
 
 
-async def test_store_put_new_is_exclusive(store: OutboxStore) -> None:
-    assert await store.put_new("lease/a", b"mine")
-    assert not await store.put_new("lease/a", b"yours")
-    assert await store.get("lease/a") == b"mine"
+async def test_store_put_new_is_exclusive(outbox_store: OutboxStore) -> None:
+    assert await outbox_store.put_new("lease/a", b"mine")
+    assert not await outbox_store.put_new("lease/a", b"yours")
+    assert await outbox_store.get("lease/a") == b"mine"
 
 
-async def test_store_lists_in_order_page_by_page(store: OutboxStore) -> None:
+async def test_store_lists_in_order_page_by_page(outbox_store: OutboxStore) -> None:
     names = [f"pending/{i:05d}.json" for i in range(250)]
     for name in reversed(names):
-        await store.put(name, b"x")
-    await store.put("lease/00001.json", b"x")
-    await store.put("dead/00002.json", b"x")
+        await outbox_store.put(name, b"x")
+    await outbox_store.put("lease/00001.json", b"x")
+    await outbox_store.put("dead/00002.json", b"x")
     seen: list[str] = []
     after = ""
     while True:
-        page = await store.list("pending/", after=after, limit=100)
+        page = await outbox_store.list("pending/", after=after, limit=100)
         assert len(page) <= 100
         seen += page
         if len(page) < 100:
             break
         after = page[-1]
     assert seen == names
-    assert await store.list("lease/") == ["lease/00001.json"]
-    assert await store.list("nothing/") == []
+    assert await outbox_store.list("lease/") == ["lease/00001.json"]
+    assert await outbox_store.list("nothing/") == []
 
 
 @pytest.mark.parametrize("name", ["../escape", "pending/../../x", ".hidden", "pending/.tmp", "/abs", "a//b", ""])
-async def test_store_refuses_names_that_could_leave_the_outbox(store: OutboxStore, name: str) -> None:
+async def test_store_refuses_names_that_could_leave_the_outbox(outbox_store: OutboxStore, name: str) -> None:
     with pytest.raises(BadRequest):
-        await store.put(name, b"x")
+        await outbox_store.put(name, b"x")
 
 
 async def test_file_outbox_lives_beside_the_recordings_and_leaves_no_temp_files(tmp_path: Path) -> None:

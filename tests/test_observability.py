@@ -10,18 +10,16 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
 
-import aiohttp
 import prometheus_client
 import pytest
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproxy.app import make_app
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART, fs_settings, incomplete_uploads, payload, s3_settings, sha256
-from tests.helpers import chunks, form
+from tests.helpers import PART, chunks, form, fs_settings, incomplete_uploads, payload, s3_settings, sha256
+from tests.s3_proxy import S3Proxy
 from tests.servers import streamproxy_server
 
 
@@ -193,40 +191,20 @@ async def test_registry_is_per_app_never_global(aiohttp_client, tmp_path) -> Non
 
 
 @pytest.fixture
-async def flaky_s3(moto_endpoint: str, aiohttp_server: Any) -> AsyncIterator[dict[str, Any]]:
-    """A loopback proxy in front of moto that answers the first UploadPart with 503 SlowDown."""
-    state: dict[str, Any] = {"fail_parts": 1, "failed": 0}
-    session = aiohttp.ClientSession(auto_decompress=False)
-    hop = ("host", "content-length", "transfer-encoding", "connection")
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.method == "PUT" and "partNumber" in request.query and state["fail_parts"] > 0:
-            state["fail_parts"] -= 1
-            state["failed"] += 1
-            xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-            return web.Response(status=503, body=xml, content_type="application/xml")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
-        async with session.request(request.method, moto_endpoint + request.raw_path, headers=headers, data=body) as up:
-            data = await up.read()
-            out = {k: v for k, v in up.headers.items() if k.lower() not in (*hop, "content-encoding", "date", "server")}
-            return web.Response(status=up.status, body=data, headers=out)
-
-    app = web.Application(client_max_size=64 * PART)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    state["endpoint"] = f"http://127.0.0.1:{server.port}"
-    yield state
-    await session.close()
+async def flaky_s3(moto_endpoint: str) -> AsyncIterator[S3Proxy]:
+    """The S3 proxy in front of moto, answering the first UploadPart with 503 SlowDown."""
+    async with S3Proxy(moto_endpoint) as proxy:
+        proxy.add("part", "503")
+        yield proxy
 
 
 async def test_retries_are_counted_per_upload(client_for, flaky_s3, bucket, s3, logs) -> None:
     """A throttled part is retried by botocore: the upload line and the metrics both show the retry."""
-    client = await client_for(s3_settings(flaky_s3["endpoint"], bucket))
+    client = await client_for(s3_settings(flaky_s3.url, bucket))
     data = payload(2 * PART + 5)
     resp = await client.put("/recordings/retried", data=data, headers={"Content-Type": "audio/wav"})
     assert resp.status == 200, await resp.text()
-    assert flaky_s3["failed"] == 1
+    assert flaky_s3.injected["part:503"] == 1
     assert sha256(s3.get_object(Bucket=bucket, Key="rec/retried.wav")["Body"].read()) == sha256(data)
     (line,) = events(logs, "upload")
     assert line["retries"] == 1 and line["parts"] == 3

@@ -27,8 +27,7 @@ from streamproxy.config import Settings, StorageURI
 from streamproxy.errors import StorageFailed, StorageTimeout, StorageUnavailable, StreamproxyError
 from streamproxy.sinks import ObjectSpec
 from streamproxy.sinks.memory import MemorySink, MemoryWriter
-from tests.conftest import PART, s3_settings
-from tests.helpers import form, multipart_body
+from tests.helpers import PART, form, multipart_body, s3_settings
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOC_URI = "urn:streamproxy:openapi"

@@ -25,9 +25,7 @@ from aiohttp import web
 
 from tests.audio_tools import g711
 from tests.browser import Chromium, require_chromium
-from tests.conftest import objects
-from tests.helpers import chunks, form
-from tests.test_audio_http import audio_settings
+from tests.helpers import audio_settings, chunks, form, objects
 from tests.transcode_tools import sox_make
 
 SECONDS = 4.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,9 +20,14 @@ from botocore.exceptions import ClientError
 from streamproxy.sinks.s3.capabilities import CHECKSUM_MODES, Capabilities
 from streamproxy.sinks.s3.pin import AWS_DOCUMENTED, capabilities_from_json, capabilities_to_json, load_pin
 from streamproxy.sinks.s3.probe import PROBE_DIR, ProbeError, capability_rows, probe
-from tests.conftest import incomplete_uploads, objects
+from tests.helpers import incomplete_uploads, objects
 
 ALL = frozenset(CHECKSUM_MODES)
+
+
+def probed(**changes: Any) -> Capabilities:
+    """A probed store with every feature and every checksum verified (AWS as documented), but ``changes``."""
+    return replace(AWS_DOCUMENTED, probed=True, **changes)
 
 
 @pytest.fixture
@@ -72,17 +78,8 @@ class Store:
 
 async def test_moto_has_every_feature_and_verifies_no_checksum(client, bucket, s3) -> None:
     report = await probe(client, bucket, "rec/")
-    assert report.capabilities == Capabilities(
-        conditional_put=True,
-        conditional_complete=True,
-        checksums=frozenset(),  # moto stores a part whose checksum is wrong
-        tagging=True,
-        upload_part_copy=True,
-        list_multipart_uploads=True,
-        abort_multipart=True,
-        head_bucket=True,
-        accepted_checksums=ALL,
-    )
+    # every feature, every checksum accepted, none verified: moto stores a part whose checksum is wrong
+    assert report.capabilities == probed(checksums=frozenset())
     assert report.evidence["conditional_complete"] == "412 on an existing key"
     assert report.evidence["checksum_md5"] == "accepted, but a wrong value was not refused"
     assert objects(s3, bucket) == {} and incomplete_uploads(s3, bucket) == []  # the probe cleaned up
@@ -171,17 +168,8 @@ async def test_probe_keys_stay_under_the_prefix(client, bucket) -> None:
 
 
 def test_pinned_capabilities_round_trip_through_json() -> None:
-    caps = Capabilities(
-        conditional_put=False,
-        conditional_complete=True,
-        checksums=frozenset({"md5"}),
-        tagging=False,
-        upload_part_copy=True,
-        list_multipart_uploads=True,
-        abort_multipart=True,
-        head_bucket=True,
-        accepted_checksums=frozenset({"md5"}),
-    )
+    md5 = frozenset({"md5"})
+    caps = probed(conditional_put=False, checksums=md5, tagging=False, accepted_checksums=md5)
     pinned = capabilities_from_json(json.loads(json.dumps(capabilities_to_json(caps))))
     assert pinned == Capabilities(**{**caps.__dict__, "probed": False})
 
@@ -217,17 +205,7 @@ def test_a_bad_pin_is_refused_with_its_reason(change: dict[str, Any], message: s
 
 
 def test_rows_name_every_feature_and_checksum_state() -> None:
-    caps = Capabilities(
-        conditional_put=True,
-        conditional_complete=False,
-        checksums=frozenset({"md5"}),
-        tagging=True,
-        upload_part_copy=True,
-        list_multipart_uploads=True,
-        abort_multipart=True,
-        head_bucket=True,
-        accepted_checksums=ALL,
-    )
+    caps = probed(conditional_complete=False, checksums=frozenset({"md5"}))
     rows = {name: state for name, state, _ in capability_rows(caps)}
     assert rows["conditional CompleteMultipartUpload"] == "NO"
     assert rows["checksum md5"] == "verified" and rows["checksum crc32"] == "unchecked"

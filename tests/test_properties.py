@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from streamproxy.config import Settings, StorageURI
 from streamproxy.keys import MAX_KEY_BYTES
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import multipart_body
+from tests.helpers import KEY_TEMPLATES, PART, incomplete_uploads, multipart_body, objects, payload, s3_settings
 from tests.live import LiveServer, live_servers
 
 pytestmark = pytest.mark.filterwarnings(
@@ -28,15 +27,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 FORM = {"Content-Type": "multipart/form-data; boundary=b0undary"}
-TEMPLATES = [
-    "{filename}",
-    "{filename}.wav",
-    "calls/{filename}",
-    "{date:%Y/%m}/{filename}",
-    "{field:id}/{filename}.wav",
-    "{field:id}-{uuid}",
-    "{field:id}/../{filename}",
-]
+TEMPLATES = [*KEY_TEMPLATES, "{field:id}/../{filename}"]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -10,7 +10,7 @@ from streamproxy.app import make_app
 from streamproxy.appkeys import ADMISSION
 from streamproxy.lifecycle import Admission, Readiness
 from streamproxy.sinks.memory import MemorySink
-from tests.conftest import fs_settings, s3_settings
+from tests.helpers import fs_settings, s3_settings
 from tests.servers import free_port
 
 

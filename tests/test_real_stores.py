@@ -22,8 +22,7 @@ from botocore.config import Config
 from streamproxy.config import Settings
 from streamproxy.sinks.s3 import STAGING_DIR
 from streamproxy.wiring import build_s3_sink
-from tests.conftest import PART, payload, s3_settings
-from tests.helpers import form
+from tests.helpers import PART, form, payload, s3_settings
 from tests.store_profiles import CAPABILITIES
 
 BUCKET = "rec"

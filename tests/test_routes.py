@@ -12,8 +12,7 @@ import pytest
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError, Settings
 from streamproxy.routes import ROUTE_KEYS
-from tests.conftest import PART, objects, payload, sha256
-from tests.helpers import form
+from tests.helpers import PART, form, objects, payload, sha256
 from tests.servers import config_error
 
 

@@ -24,9 +24,9 @@ from streamproxy.parts import BufferPool
 from streamproxy.sinks import Completion, ObjectSpec, Stored
 from streamproxy.sinks.s3 import STAGING_DIR, S3Options, S3Sink
 from streamproxy.sinks.s3 import writer as writer_module
-from tests.conftest import s3_settings
 from tests.fake_s3 import FakeS3, error
 from tests.fake_s3 import write_recording as _write
+from tests.helpers import s3_settings
 from tests.store_profiles import CAPABILITIES, FAKE, S3
 
 PART = 5 * 1024 * 1024

@@ -15,10 +15,10 @@ from streamproxy.errors import KeyExists, StorageFailed
 from streamproxy.parts import BufferPool
 from streamproxy.sinks import Completion, ObjectSpec
 from streamproxy.sinks.s3 import STAGING_DIR, S3Options, S3Sink
-from tests.conftest import s3_settings
 from tests.fake_s3 import FakeS3
 from tests.fake_s3 import error as _error
 from tests.fake_s3 import write_recording as _write
+from tests.helpers import s3_settings
 
 PART = 5 * 1024 * 1024
 

@@ -14,7 +14,7 @@ from streamproxy.sinks import Completion, ObjectSpec, Sink
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.memory import MemorySink
 from streamproxy.sinks.s3 import S3Options, S3Sink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
+from tests.helpers import PART, incomplete_uploads, objects, payload, s3_settings
 
 Start = Callable[..., Awaitable[tuple[Sink, BufferPool]]]
 

@@ -11,11 +11,9 @@ import pytest
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError
 from streamproxy.tags import merge_tags, parse_tag, sanitize_tag_key, sanitize_tag_value
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings
-from tests.helpers import form
-from tests.test_wav_http import big_wav
+from tests.audio_tools import big_wav
+from tests.helpers import KMS_KEY, PART, form, incomplete_uploads, objects, payload, s3_settings
 
-KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/0b7a-test"
 PATHS = {
     "single_put": (100, "filename_first"),
     "multipart": (2 * PART + 7, "filename_first"),
@@ -40,7 +38,7 @@ async def test_every_option_reaches_s3_on_every_path(client_for, recorder, locke
     """SSE-KMS, storage class, retention, legal hold and tags on the write that creates the object."""
     size, order = PATHS[path]
     settings = s3_settings(
-        recorder.endpoint,
+        recorder.url,
         locked_bucket,
         sse="aws:kms",
         sse_kms_key_id=KMS_KEY,
@@ -95,7 +93,7 @@ async def test_every_option_reaches_s3_on_every_path(client_for, recorder, locke
 
 async def test_tag_field_values_are_sanitized_and_late_fields_count(client_for, recorder, bucket, s3) -> None:
     """A field value with characters S3 refuses is cleaned; a field sent after the file still becomes a tag."""
-    client = await client_for(s3_settings(recorder.endpoint, bucket, tag_fields=("call_id", "agent")))
+    client = await client_for(s3_settings(recorder.url, bucket, tag_fields=("call_id", "agent")))
     data = payload(2 * PART + 1)
     fields: list[tuple[str, str | bytes]] = [
         ("filename", "t-1"),

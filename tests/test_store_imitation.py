@@ -18,9 +18,8 @@ from streamproxy.config import Settings
 from streamproxy.errors import ConfigError
 from streamproxy.sinks.s3 import STAGING_DIR
 from streamproxy.wiring import build_s3_sink
-from tests.conftest import PART, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import form
-from tests.s3_recorder import S3Recorder
+from tests.helpers import PART, form, incomplete_uploads, objects, payload, s3_settings, sha256
+from tests.s3_proxy import S3Proxy
 from tests.store_profiles import CAPABILITIES, IMITATIONS
 
 SIZES = [1000, PART, PART + 1, 2 * PART + 7]
@@ -28,12 +27,12 @@ Start = Callable[..., Any]
 
 
 @pytest.fixture
-def like(client_for, recorder: S3Recorder, bucket: str) -> Start:
+def like(client_for, recorder: S3Proxy, bucket: str) -> Start:
     """Start streamproxy on moto behaving like ``store``, with the capabilities the probe finds there."""
 
     async def start(store: str, *, adapt: bool = True, **overrides: Any) -> Any:
         recorder.imitate = IMITATIONS[store]
-        settings: Settings = s3_settings(recorder.endpoint, bucket, **overrides)
+        settings: Settings = s3_settings(recorder.url, bucket, **overrides)
         sink = build_s3_sink(settings)
         if adapt:
             sink.capabilities = CAPABILITIES[store]
@@ -65,7 +64,7 @@ async def test_the_imitation_is_faithful_without_adaptation(like: Start, s3: Any
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("store", ["ceph16", "swift", "s3rver"])
 async def test_the_same_name_twice_keeps_the_first(
-    like: Start, recorder: S3Recorder, s3: Any, bucket: str, store: str, size: int, file_first: bool
+    like: Start, recorder: S3Proxy, s3: Any, bucket: str, store: str, size: int, file_first: bool
 ) -> None:
     client = await like(store)
     first, second = payload(size, seed=size), payload(size, seed=size + 1)
@@ -82,7 +81,7 @@ async def test_the_same_name_twice_keeps_the_first(
 
 
 @pytest.mark.parametrize("size", [1, 1000, PART - 1, PART, PART + 1, 3 * PART + 5])
-async def test_every_size_stores_on_swift(like: Start, recorder: S3Recorder, s3: Any, bucket: str, size: int) -> None:
+async def test_every_size_stores_on_swift(like: Start, recorder: S3Proxy, s3: Any, bucket: str, size: int) -> None:
     client = await like("swift", manifest=True)
     data = payload(size, seed=size)
     status, body = await _post(client, f"call-{size}", data)
@@ -108,7 +107,7 @@ async def test_raw_put_on_swift(like: Start, s3: Any, bucket: str) -> None:
 
 
 @pytest.mark.parametrize("size", [1000, 2 * PART + 7])
-async def test_file_before_name_on_s3rver(like: Start, recorder: S3Recorder, s3: Any, bucket: str, size: int) -> None:
+async def test_file_before_name_on_s3rver(like: Start, recorder: S3Proxy, s3: Any, bucket: str, size: int) -> None:
     client = await like("s3rver")
     data = payload(size, seed=size)
     status, body = await _post(client, "late", data, file_first=True)

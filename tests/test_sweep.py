@@ -18,7 +18,7 @@ import pytest
 from streamproxy.sinks.fs import FileSink
 from streamproxy.sinks.s3 import STAGING_DIR, S3Options, S3Sink
 from streamproxy.sweep import format_age
-from tests.conftest import PART, incomplete_uploads, objects, s3_settings
+from tests.helpers import PART, incomplete_uploads, objects, s3_settings
 
 HOUR = 3600.0
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import self_signed
-from tests.conftest import incomplete_uploads, objects, s3_settings
-from tests.helpers import form
+from tests.helpers import form, incomplete_uploads, objects, s3_settings
 from tests.servers import config_error, streamproxy_server
 
 TOKEN = "tls-token-0123456789abcdef"

@@ -16,9 +16,19 @@ from typing import Any
 import pytest
 
 from tests.audio_tools import g711
-from tests.conftest import PART, incomplete_uploads, objects, payload, sha256
-from tests.helpers import chunks, form
-from tests.test_audio_http import audio_settings, send, stored
+from tests.helpers import (
+    PART,
+    audio_settings,
+    chunks,
+    form,
+    incomplete_uploads,
+    objects,
+    payload,
+    put_audio,
+    send,
+    sha256,
+    stored,
+)
 from tests.transcode_tools import probe, sox_make
 
 TOLERANCE = 0.050
@@ -118,13 +128,9 @@ async def test_many_transcoding_uploads_holding_their_header_share_a_two_part_bu
     client = await client_for(settings)
     raws = [payload(PART + 4000 * n + 1, seed=n) for n in range(8)]
 
-    async def one(n: int) -> dict[str, Any]:
-        resp = await client.put(f"/recordings/c{n}.ul", data=chunks(raws[n]), headers={"Content-Type": "audio/basic"})
-        body: dict[str, Any] = await resp.json()
-        assert resp.status == 200, body
-        return body
-
-    bodies = await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(8))), timeout=300)
+    bodies = await asyncio.wait_for(
+        asyncio.gather(*(put_audio(client, f"c{n}.ul", raws[n]) for n in range(8))), timeout=300
+    )
     stored_objects = objects(s3, bucket)
     for n, body in enumerate(bodies):
         data = stored_objects[f"rec/c{n}.flac"]

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamproxy.sinks.fs import TEMP_PREFIX
-from tests.conftest import PART, fs_settings, payload, sha256
-from tests.helpers import chunks, form
+from tests.helpers import PART, chunks, form, fs_settings, payload, sha256, upload_form
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -23,12 +22,7 @@ async def test_round_trip_to_files(client_for, tmp_path, size, order) -> None:
     """Recordings land as files with the exact bytes and a file:// URL."""
     client = await client_for(fs_settings(tmp_path))
     data = payload(size)
-    fields: list[tuple[str, str | bytes]] = [("filename", "call-1"), ("recording", data)]
-    if order == "file_first":
-        fields.reverse()
-    resp = await client.post("/recordings", data=form(fields))
-    body = await resp.json()
-    assert resp.status == 200, body
+    body = await upload_form(client, "call-1", data, order)
     target = tmp_path / "call-1.wav"
     assert body["url"] == target.as_uri() and body["sha256"] == sha256(data) and "bucket" not in body
     assert files(tmp_path) == {"call-1.wav": data}

@@ -13,9 +13,8 @@ import pytest
 
 from streamproxy.cli import settings_from_args
 from streamproxy.config import ConfigError
-from tests.conftest import PART, fs_settings, payload, s3_settings, sha256
-from tests.helpers import form
-from tests.test_wav import wave_file
+from tests.audio_tools import wave_file
+from tests.helpers import PART, form, fs_settings, payload, s3_settings, sha256, upload_form
 
 
 async def test_presigned_link_opens_with_curl(client_for, moto_endpoint, bucket) -> None:
@@ -44,12 +43,7 @@ async def test_presigned_link_of_a_multipart_upload(client_for, moto_endpoint, b
     """Direct multipart and staged-copy uploads answer links that download the whole object."""
     client = await client_for(s3_settings(moto_endpoint, bucket, url_mode="presigned"))
     data = payload(2 * PART + 11)
-    fields: list[tuple[str, str | bytes]] = [("filename", "long"), ("recording", data)]
-    if order == "file_first":
-        fields.reverse()
-    resp = await client.post("/recordings", data=form(fields))
-    body = await resp.json()
-    assert resp.status == 200, body
+    body = await upload_form(client, "long", data, order)
     assert parse_qs(urlsplit(body["url"]).query)["X-Amz-Expires"] == ["604800"]
     async with aiohttp.ClientSession() as session, session.get(body["url"]) as got:
         assert got.status == 200

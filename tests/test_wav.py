@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import shutil
 import struct
-import subprocess
-import wave
 from pathlib import Path
 
 import pytest
 
 from streamproxy.wav import MAX_DATA_OFFSET, WavProbe
-
-SOX = shutil.which("sox")
-
-
-def wave_file(*, channels: int = 1, rate: int = 8000, width: int = 2, frames: int = 8000) -> bytes:
-    """A WAV file written by Python's wave module (PCM), with a recognisable sample pattern."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(bytes(i % 251 for i in range(frames * channels * width)))
-    return out.getvalue()
-
-
-def sox_file(tmp_path: Path, name: str, *args: str, seconds: float = 1.5) -> bytes:
-    """A WAV file written by sox (`sox -n ARGS out.wav synth SECONDS sine 440`)."""
-    assert SOX is not None, "sox is required (apt-get install sox; .ci/run installs it)"
-    target = tmp_path / name
-    subprocess.run([SOX, "-n", *args, str(target), "synth", str(seconds), "sine", "440"], check=True, timeout=30)
-    return target.read_bytes()
+from tests.audio_tools import sox_file, wave_file
 
 
 def probe(data: bytes, chunk: int = 0) -> WavProbe:

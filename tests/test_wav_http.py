@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import PART, fs_settings, incomplete_uploads, objects, payload, s3_settings, sha256
-from tests.helpers import chunks, form
-from tests.test_wav import sox_file, wave_file
-
-
-def big_wav(size: int) -> bytes:
-    """A streamed-style 8 kHz mono mu-law WAV of ``size`` bytes whose header sizes say 0xFFFFFFFF."""
-    fmt = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
-    header = b"RIFF\xff\xff\xff\xffWAVEfmt " + struct.pack("<I", 16) + fmt + b"data\xff\xff\xff\xff"
-    return header + payload(size - len(header))
+from tests.audio_tools import big_wav, sox_file, wave_file
+from tests.helpers import (
+    PART,
+    chunks,
+    form,
+    fs_settings,
+    incomplete_uploads,
+    objects,
+    payload,
+    s3_settings,
+    sha256,
+    upload_form,
+)
 
 
 def stored_audio(s3: Any, bucket: str, key: str) -> str:
@@ -56,12 +58,7 @@ async def test_multipart_sized_wav_facts_travel_as_tag_or_metadata(
     size = 2 * PART + 1000
     data = big_wav(size)
     client = await client_for(s3_settings(moto_endpoint, bucket))
-    fields: list[tuple[str, str | bytes]] = [("filename", "long"), ("recording", data)]
-    if order == "file_first":
-        fields.reverse()
-    resp = await client.post("/recordings", data=form(fields))
-    body = await resp.json()
-    assert resp.status == 200, body
+    body = await upload_form(client, "long", data, order)
     seconds = round((size - 44) / 8000, 3)
     assert body["audio"]["duration_seconds"] == seconds and body["audio"]["format"] == "mulaw"
     assert stored_audio(s3, bucket, "rec/long.wav").endswith(f"duration_seconds={seconds}")

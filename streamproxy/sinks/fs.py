@@ -131,6 +131,7 @@ class FileWriter(WriterBase):
         self._temp = temp
         self._fd: int | None = fd
         self._pending: asyncio.Task[None] | None = None
+        self._completed = False  # linked into place: abort() has nothing left to undo
         self._parts = 0
         self._patched = False
 
@@ -194,6 +195,7 @@ class FileWriter(WriterBase):
         except BaseException:
             await self.abort()
             raise
+        self._completed = True
         return Stored(key=key, url=target.as_uri(), parts=self._parts, sha256=digest)
 
     def _hash_file(self) -> str:
@@ -237,7 +239,9 @@ class FileWriter(WriterBase):
             raise _storage_error("store the recording", exc) from None
 
     async def abort(self) -> None:
-        """Stop any write, close and unlink the temporary file. Idempotent."""
+        """Stop any write, close and unlink the temporary file. Idempotent; nothing to do after a complete."""
+        if self._completed:
+            return
         pending, self._pending = self._pending, None
         if pending is not None:
             # Let the thread finish with the buffer before it goes back to the pool.

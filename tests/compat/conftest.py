@@ -6,74 +6,13 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from streamproxy.config import MIB, Settings, StorageURI
 from streamproxy.sinks.s3.pin import capabilities_to_json
-from tests.compat.stores import BUCKET, MEASURED, STORES, Store
-
-PART = 5 * MIB
-
-
-@dataclass
-class Area:
-    """A store, a prefix no other test uses, and a boto3 client to arrange and inspect it."""
-
-    store: Store
-    prefix: str
-    s3: Any
-    pin: str  # a JSON file of the store's measured capabilities (--s3-capabilities)
-    bucket: str = BUCKET
-
-    @property
-    def storage(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-    def settings(self, *, probe: bool = False, **overrides: Any) -> Settings:
-        """Settings for this area; the store's capabilities pinned, or probed at start with ``probe``.
-
-        Pinning keeps the suite fast (a probe costs 1-4 s per start); the pin is the measured matrix,
-        which ``test_probe_finds_the_documented_capabilities`` holds equal to what the probe finds.
-        """
-        values: dict[str, Any] = dict(
-            storage=StorageURI.parse(self.storage),
-            s3_endpoint_url=self.store.endpoint,
-            part_size=PART,
-            max_buffer_bytes=8 * PART,
-            s3_capabilities="probe" if probe else self.pin,
-            # the suite sends opaque bytes and compares them byte for byte: store them as they came
-            raw_audio="none",
-            key_template="{filename}.wav",
-        )
-        values.update(overrides)
-        return Settings(**values)
-
-    def objects(self) -> dict[str, bytes]:
-        """Every object under the prefix with its bytes."""
-        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix).get("Contents", [])
-        return {o["Key"]: self.s3.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read() for o in listing}
-
-    def uploads(self) -> list[str] | None:
-        """Keys of incomplete multipart uploads under the prefix; None if the store cannot list them."""
-        try:
-            answer = self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 501:
-                return None
-            raise
-        return [u["Key"] for u in answer.get("Uploads", [])]
-
-    def clear(self) -> None:
-        """Remove what a test stored, so the RAM-backed stores do not fill up (best effort)."""
-        for upload in self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix).get("Uploads", []):
-            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        for o in self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix).get("Contents", []):
-            self.s3.delete_object(Bucket=self.bucket, Key=o["Key"])
+from tests.compat.stores import BUCKET, MEASURED, STORES, Area, Store
 
 
 def _store(request: pytest.FixtureRequest, name: str) -> Store:

@@ -23,10 +23,8 @@ import pytest
 from streamproxy.config import MIB
 from streamproxy.errors import ConfigError
 from streamproxy.sinks.s3.probe import capability_rows
-from tests.compat.conftest import PART, Area
-from tests.compat.stores import MEASURED
-from tests.conftest import payload, sha256
-from tests.helpers import form, multipart_body
+from tests.compat.stores import MEASURED, Area
+from tests.helpers import PART, form, multipart_body, payload, sha256
 
 pytestmark = pytest.mark.compat
 
