@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-https", dest="https", action="store_false", help="skip the runs through nginx's TLS")
     parser.add_argument("--no-parsing", dest="parsing", action="store_false", help="skip bench/parsing.py")
-    parser.add_argument("--copies", action="store_true", help="count copies per byte with valgrind (slow)")
+    parser.add_argument("--copies", action="store_true", help="count copies per byte (needs gcc)")
     parser.add_argument("--naive-max", type=int, default=4096, help="largest size in MiB given to the naive handler")
     parser.add_argument("--concurrent", type=int, default=100, help="simultaneous uploads (0: skip)")
     parser.add_argument("--concurrent-size", type=int, default=64, help="MiB per concurrent upload")

@@ -27,7 +27,9 @@ RATIOS = {
     "http": ("streamproxy", ("direct", "direct_nochecksums", "rclone", "naive")),
     "https": ("streamproxy_tls", ("direct_nochecksums_tls", "rclone_tls")),
 }
-PARSER = "formdata"  # what ingest parses multipart bodies with (streamproxy.formdata)
+# The copies-per-byte target is judged on bench/parsing.py's "ingest" contender (the scanner feeding
+# AudioStream into pool part buffers: the whole loop-side path of a body byte), else on the scanner alone.
+PARSERS = ("ingest", "formdata")
 
 
 def summarize(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -82,10 +84,16 @@ def targets(result: dict[str, Any], table: dict[tuple[str, int], dict[str, Any]]
         if row and row["cpu_per_gib"] is not None:
             cpu = row["cpu_per_gib"]
             rows.append((f"{_size(ref)}: {name} server CPU s/GiB <= 2.0", f"{cpu:.2f}", cpu <= 2.0))
-    copies = (result.get("parsing") or {}).get("copies_per_byte", {}).get(PARSER)
-    if copies is not None:
+    counted = (result.get("parsing") or {}).get("copies_per_byte", {})
+    parser = next((name for name in PARSERS if name in counted), None)
+    if parser is not None:
+        copies = counted[parser]
         rows.append(
-            ("copies of each body byte on the event loop (parser + part buffer) = 1", f"{copies:.2f}", copies < 1.05)
+            (
+                f"copies of each body byte on the event loop (`{parser}`: parser + part buffer) = 1",
+                f"{copies:.2f}",
+                copies < 1.05,
+            )
         )
     if sp:
         rss = sp["peak_rss"] / MIB
@@ -217,8 +225,9 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
             f"median of {parsing['rounds']})",
             "",
             "`python -m bench.parsing`: the body already in aiohttp's StreamReader in 256 KiB chunks, the "
-            "recording copied into an 8 MiB part buffer; CPU time of the loop's thread. Copies per byte by "
-            "valgrind DHAT (bytes allocated per body byte, plus the copy into the part buffer).",
+            "recording copied into an 8 MiB part buffer; CPU time of the loop's thread. Copies per byte: "
+            "bytes malloc'd per body byte (`bench/malloc_count.c` preloaded) plus the copy into the part "
+            "buffer; `ingest` is the scanner feeding AudioStream as `Ingest.multipart` does.",
             "",
             "| parser | MB/s | copies per byte |",
             "| --- | --- | --- |",

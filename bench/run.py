@@ -142,7 +142,6 @@ class Bench:
             "--s3-endpoint-url", endpoint or self.endpoint, "--log-level", "warning", "--log-format", "json",
             # the stand-in plays AWS S3: measure the streaming path, not a start-up probe of the stand-in
             "--s3-capabilities", "aws",
-            "--max-upload-bytes", "16GiB", *extra,
             "--max-upload-bytes", "16GiB",
             # the bench moves opaque bytes, compared byte for byte with its peers': store them as they came
             "--raw-audio", "none", "--key-template", "{filename}.wav", *extra,

@@ -31,7 +31,14 @@ from typing import cast
 
 from aiohttp import web
 
-__all__ = ["ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+from .parts import RECEIVING
+
+__all__ = ["READ_BUFSIZE", "ConnectionGuard", "ConnectionLimits", "ConnectionStats", "GuardedSite"]
+
+# aiohttp's per-connection body buffer (``read_bufsize``): its StreamReader pauses the socket once it
+# holds twice this. aiohttp's default (256 KiB) lets every upload waiting for a part buffer keep up
+# to 512 KiB plus one socket read (up to 256 KiB) outside the part budget.
+READ_BUFSIZE = 2**18
 
 _HEAD_END = b"\r\n\r\n"
 # After a canned answer, how long the client's further bytes are read and dropped before the close:
@@ -90,7 +97,7 @@ class ConnectionGuard:
 class _GuardedConnection(asyncio.Protocol):
     """One connection: counts it, refuses it over the cap, and closes it if its head is late."""
 
-    __slots__ = ("_counted", "_guard", "_inner", "_lingering", "_tail", "_timer", "_transport")
+    __slots__ = ("_counted", "_guard", "_inner", "_lingering", "_paused", "_tail", "_timer", "_transport")
 
     def __init__(self, guard: ConnectionGuard) -> None:
         self._guard = guard
@@ -100,6 +107,7 @@ class _GuardedConnection(asyncio.Protocol):
         self._tail = b""
         self._counted = False
         self._lingering = False
+        self._paused = False  # reading paused by pause_reading() below (not by aiohttp's flow control)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not isinstance: uvloop's transports implement the interface without subclassing it.
@@ -118,7 +126,13 @@ class _GuardedConnection(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(limits.header_timeout, self._head_late)
         inner = cast(asyncio.Protocol, guard.factory())
         self._inner = inner
-        inner.connection_made(transport)
+        # aiohttp starts the connection's task here; the task (and each request's) inherits this,
+        # so an upload waiting for a part buffer can pause its own connection (streamproxy.parts).
+        token = RECEIVING.set(self)
+        try:
+            inner.connection_made(transport)
+        finally:
+            RECEIVING.reset(token)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None or self._lingering:
@@ -139,6 +153,26 @@ class _GuardedConnection(asyncio.Protocol):
         if self._inner is None or self._lingering:
             return None  # the transport closes
         return self._inner.eof_received()
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket while this connection's upload waits for a part buffer (streamproxy.parts).
+
+        The transport alone, and only if it is reading: aiohttp's own pause also pauses its HTTP
+        parser, and aiohttp may have paused the transport itself (its buffer full), which only it
+        may undo.
+        """
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+            self._paused = True
+
+    def resume_reading(self) -> None:
+        """Undo pause_reading()."""
+        transport = self._transport
+        if self._paused:
+            self._paused = False
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
 
     def pause_writing(self) -> None:
         if self._inner is not None:

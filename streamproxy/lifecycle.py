@@ -31,7 +31,7 @@ import structlog
 from aiohttp import web
 
 from .appkeys import ADMISSION, CONNECTIONS, METRICS, NOTIFY, READINESS
-from .connections import ConnectionLimits, ConnectionStats, GuardedSite
+from .connections import READ_BUFSIZE, ConnectionLimits, ConnectionStats, GuardedSite
 from .errors import StreamproxyError, Unavailable
 from .metrics import Metrics
 from .sinks import Sink
@@ -231,6 +231,7 @@ async def serve(
         access_log=None,
         shutdown_timeout=_RUNNER_SHUTDOWN,
         keepalive_timeout=keepalive_timeout,
+        read_bufsize=READ_BUFSIZE,
     )
     await runner.setup()
     try:

@@ -2,8 +2,9 @@
 
 Every byte streamproxy holds on behalf of an upload sits in a ``PartBuffer`` taken from one
 ``BufferPool``. The pool owns ``max_bytes // part_size`` buffers; when all are taken,
-``acquire()`` waits, the upload stops reading from its socket, and TCP backpressure slows the
-client. Nothing else allocates per-upload memory that grows with the recording.
+``acquire()`` waits, the upload stops reading from its socket (its connection is paused at
+once, see ``RECEIVING``), and TCP backpressure slows the client. Nothing else allocates
+per-upload memory that grows with the recording.
 
 Why the budget cannot deadlock: a buffer is always taken *whole*, before any byte is read into
 it. An upload holding a buffer therefore never needs a second one to make that buffer useful:
@@ -28,8 +29,28 @@ the rule above, and every holder gets its next buffer in bounded time.
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
+from typing import Protocol
 
-__all__ = ["BufferPool", "PartBuffer"]
+__all__ = ["RECEIVING", "BufferPool", "PartBuffer", "Receiving"]
+
+
+class Receiving(Protocol):
+    """The reading side of a client connection (aiohttp's protocol): what an upload pauses while it waits."""
+
+    def pause_reading(self) -> None:
+        """Stop taking bytes from the socket."""
+
+    def resume_reading(self) -> None:
+        """Take bytes from the socket again."""
+
+
+# The connection whose request the current task serves, set by the server for each connection's tasks
+# (streamproxy.connections). While an upload waits for a buffer it reads nothing, and without a pause
+# its connection would keep receiving into aiohttp's buffer until that holds twice ``read_bufsize``
+# (512 KiB) plus one socket read: per waiting upload, outside the budget.
+RECEIVING: ContextVar[Receiving | None] = ContextVar("receiving", default=None)
+PAUSE_WHILE_WAITING = True
 
 
 class PartBuffer:
@@ -101,9 +122,25 @@ class BufferPool:
         ``hold=True``: the caller will keep this buffer while it takes others; it first waits
         for a hold slot. Call it only while holding no buffer (see the module docstring).
         """
+        if hold and not self.can_hold:
+            raise ValueError("holding a part needs a buffer budget of at least two parts")
+        receiving = RECEIVING.get() if PAUSE_WHILE_WAITING else None
+        if receiving is not None and (self._slots.locked() or (hold and self._holds.locked())):
+            receiving.pause_reading()
+            try:
+                await self._take_slots(hold)
+            finally:
+                receiving.resume_reading()
+        else:
+            await self._take_slots(hold)
+        self._taken += 1
+        # Reusing buffers keeps RSS flat: 8 MiB allocations would otherwise go back and forth
+        # between glibc's heap and mmap and fragment it.
+        data = self._free.pop() if self._free else bytearray(self.part_size)
+        return PartBuffer(self, data, held=hold)
+
+    async def _take_slots(self, hold: bool) -> None:
         if hold:
-            if not self.can_hold:
-                raise ValueError("holding a part needs a buffer budget of at least two parts")
             await self._holds.acquire()
         try:
             await self._slots.acquire()
@@ -111,11 +148,6 @@ class BufferPool:
             if hold:
                 self._holds.release()
             raise
-        self._taken += 1
-        # Reusing buffers keeps RSS flat: 8 MiB allocations would otherwise go back and forth
-        # between glibc's heap and mmap and fragment it.
-        data = self._free.pop() if self._free else bytearray(self.part_size)
-        return PartBuffer(self, data, held=hold)
 
     def _give_back(self, part: PartBuffer) -> None:
         if part.held:

@@ -47,3 +47,51 @@ def test_the_stand_in_rejects_a_wrong_record(bench: Bench, tmp_path: Path) -> No
     file = make_file(tmp_path / "f.bin", MIB)
     assert not byte_exact(file, {"size": MIB, "parts": [[MIB, 12345]]})
     assert not byte_exact(file, None)
+
+
+def _needs(*programs: str) -> None:
+    """Skip outside CI when a program is missing; in CI (``CI`` set) the test runs and fails instead."""
+    import os
+    import shutil
+
+    missing = [p for p in programs if not (shutil.which(p) or Path(f"/usr/sbin/{p}").exists())]
+    if missing and not os.environ.get("CI"):
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install {' '.join(missing)})")
+
+
+SMOKE_HTTP = ("streamproxy", "direct", "direct_nochecksums", "rclone", "naive")
+SMOKE_HTTPS = ("streamproxy_tls", "direct_nochecksums_tls", "rclone_tls")
+
+
+def test_every_default_contender_has_a_smoke_run() -> None:
+    """A contender added to the benchmark's default set must be added to the runs below."""
+    from bench.run import CONTENDERS, TLS_CONTENDERS
+
+    assert set(CONTENDERS) == set(SMOKE_HTTP)
+    assert set(TLS_CONTENDERS) == set(SMOKE_HTTPS)
+
+
+@pytest.mark.slow
+def test_every_plain_http_contender_stores_byte_exact(bench: Bench) -> None:
+    """Each contender's upload (three 8 MiB parts and a tail) reaches the stand-in byte for byte."""
+    _needs("rclone")
+    file = make_file(bench.workdir / "http.bin", 20 * MIB)
+    runs = [getattr(bench, name)(file) for name in SMOKE_HTTP]
+    assert [r.contender for r in runs if not r.exact] == [], "a contender's bytes arrived changed"
+
+
+@pytest.mark.slow
+def test_https_front_carries_every_contender_byte_exact(bench: Bench) -> None:
+    """The HTTPS runs reach the stand-in through nginx's TLS byte for byte: streamproxy, direct and rclone."""
+    from bench.tls import start_tls_front
+
+    _needs("nginx", "rclone")
+    port = int(bench.endpoint.rsplit(":", 1)[1])
+    front, bench.tls_endpoint, bench.ca = start_tls_front(bench.workdir / "nginx", free_port(), port)
+    try:
+        file = make_file(bench.workdir / "tls.bin", 20 * MIB)
+        runs = [getattr(bench, name)(file) for name in SMOKE_HTTPS]
+    finally:
+        stop(front)
+        bench.tls_endpoint, bench.ca = None, None
+    assert [r.contender for r in runs if not r.exact] == [], "a contender's bytes arrived changed"

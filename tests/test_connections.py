@@ -156,3 +156,35 @@ async def test_no_limits_means_no_guarding(guarded: Start) -> None:
     await asyncio.sleep(0.5)
     assert not reader.at_eof() and site.stats.header_timeouts == 0 and site.stats.open == 1
     writer.close()
+
+
+async def test_request_tasks_can_pause_their_own_connection_while_they_wait(guarded: Start) -> None:
+    """The guard hands each connection's tasks a handle that pauses its socket (streamproxy.parts.RECEIVING)."""
+    from streamproxy.parts import RECEIVING
+
+    seen: list[tuple[object, bool, bool]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        connection = RECEIVING.get()
+        assert connection is not None and request.transport is not None
+        connection.pause_reading()
+        paused = not request.transport.is_reading()
+        connection.resume_reading()
+        seen.append((connection, paused, request.transport.is_reading()))
+        return web.json_response({"status": "success"})
+
+    app = web.Application()
+    app.router.add_get("/who", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        port = free_port()
+        await GuardedSite(runner, "127.0.0.1", port, ConnectionLimits(header_timeout=5, max_connections=0)).start()
+        for _ in range(2):
+            status, _ = await request(port, b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert status == 200
+    finally:
+        await runner.cleanup()
+    assert [(paused, resumed) for _, paused, resumed in seen] == [(True, True), (True, True)]
+    assert seen[0][0] is not seen[1][0]  # each connection its own
+    assert RECEIVING.get() is None  # nothing leaks into the loop's own context

@@ -67,3 +67,50 @@ def test_budget_must_hold_a_part() -> None:
     """A budget smaller than one part is a configuration error."""
     with pytest.raises(ValueError):
         BufferPool(PART, PART - 1)
+
+
+class _Connection:
+    """Stands for aiohttp's protocol: records whether the upload paused its reading."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+async def test_an_upload_waiting_for_a_buffer_pauses_its_connection_until_it_gets_one() -> None:
+    """Without the pause, aiohttp keeps receiving up to twice read_bufsize per waiting upload, outside the budget."""
+    from streamproxy.parts import RECEIVING
+
+    pool = BufferPool(PART, PART)
+    connection = _Connection()
+    RECEIVING.set(connection)  # the test's context; the tasks below copy it as aiohttp's request tasks do
+    held = await pool.acquire()
+    assert connection.calls == []  # a free buffer: no pause
+    waiter = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.01)
+    assert connection.calls == ["pause"]
+    held.release()
+    (await asyncio.wait_for(waiter, 1)).release()
+    assert connection.calls == ["pause", "resume"]
+
+
+async def test_a_cancelled_wait_for_a_buffer_resumes_the_connection() -> None:
+    from streamproxy.parts import RECEIVING
+
+    pool = BufferPool(PART, PART)
+    connection = _Connection()
+    RECEIVING.set(connection)
+    held = await pool.acquire()
+    waiter = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert connection.calls == ["pause", "resume"]
+    held.release()
+    assert pool.bytes_in_use == 0

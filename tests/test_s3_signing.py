@@ -79,3 +79,22 @@ def test_part_digests_hash_only_when_the_signer_needs_it() -> None:
     assert raw == hashlib.md5(DATA).digest()
     assert part_digests("md5", memoryview(DATA), False)[1] is None
     assert part_digests("none", memoryview(DATA), False) == (None, None)
+
+
+async def test_install_replaces_the_crt_signer_botocore_picks_with_awscrt_installed() -> None:
+    """awscrt (a dependency, for CRC64NVME) makes botocore sign with its CRT signer, which hashes parts on the loop."""
+    from botocore import auth
+    from botocore.crt.auth import CrtS3SigV4Auth
+
+    from streamproxy.sinks.s3 import transport
+
+    saved = auth.AUTH_TYPE_MAPS["s3v4"]
+    try:
+        auth.AUTH_TYPE_MAPS["s3v4"] = CrtS3SigV4Auth
+        transport._install_once.cache_clear()
+        transport.install()
+        assert auth.AUTH_TYPE_MAPS["s3v4"] is PrehashedS3SigV4Auth
+    finally:
+        auth.AUTH_TYPE_MAPS["s3v4"] = saved
+        transport._install_once.cache_clear()
+        transport.install()

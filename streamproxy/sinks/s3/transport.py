@@ -154,6 +154,20 @@ def _install_once() -> None:
     # non-blocking transport does not, and copying it into a BytesIO to silence this would cost a copy.
     warnings.filterwarnings("ignore", message="Sending a large body directly", category=ResourceWarning)
     payload.register_payload(_part_payload, PartBody)  # type: ignore[arg-type]  # any factory works
-    # aiobotocore looks the signer class up in this table for every request.
-    if auth.AUTH_TYPE_MAPS.get("s3v4") is S3SigV4Auth:
+    # aiobotocore looks the signer class up in this table for every request. With awscrt installed
+    # (it computes the CRC64NVME), botocore puts its CRT signer there, which copies and hashes every
+    # part body on the event loop over plain HTTP.
+    if auth.AUTH_TYPE_MAPS.get("s3v4") in _BOTOCORE_SIGNERS:
         auth.AUTH_TYPE_MAPS["s3v4"] = PrehashedS3SigV4Auth
+
+
+def _botocore_signers() -> tuple[type, ...]:
+    """Return botocore's own SigV4 signers for S3 (pure Python, and the CRT one when awscrt is installed)."""
+    try:
+        from botocore.crt.auth import CrtS3SigV4Auth
+    except ImportError:  # botocore without its crt module
+        return (S3SigV4Auth,)
+    return (S3SigV4Auth, CrtS3SigV4Auth)
+
+
+_BOTOCORE_SIGNERS = _botocore_signers()
